@@ -1,0 +1,47 @@
+"""encfs: transparent envelope encryption for any fsspec filesystem.
+
+>>> import pandas as pd
+>>> df.to_parquet("enc::file:///data/lake/sales.parquet")       # doctest: +SKIP
+>>> pd.read_parquet("enc::file:///data/lake/sales.parquet")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    EncfsError,
+    FormatError,
+    HeaderTooLargeError,
+    IntegrityError,
+    KeyNotFoundError,
+    KeyServiceError,
+    KeyStateError,
+    KeystoreError,
+    KeyUnavailableError,
+    NoUsableKeyError,
+    UnsupportedVersionError,
+)
+from .fs import EncryptedFileSystem
+from .keystore import LocalKeystore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EncryptedFileSystem",
+    "LocalKeystore",
+    "EncfsError",
+    "IntegrityError",
+    "FormatError",
+    "UnsupportedVersionError",
+    "HeaderTooLargeError",
+    "KeyServiceError",
+    "KeyNotFoundError",
+    "KeyStateError",
+    "AccessDeniedError",
+    "KeyUnavailableError",
+    "NoUsableKeyError",
+    "ConfigurationError",
+    "KeystoreError",
+    "__version__",
+]

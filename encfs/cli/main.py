@@ -1,0 +1,72 @@
+"""The ``encfs`` command: a thin layer over the public API.
+
+Every command runs inside :func:`main`, which turns any encfs, storage or
+usage error into one line on stderr and a non-zero exit code — never a
+traceback (set ``ENCFS_DEBUG=1`` to see one).
+
+Sub-commands live in sibling modules, each registering itself on ``cli``:
+files.py (cp, cat, ls, info, verify), demo.py, keys.py, and the modules of
+later features.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from ..errors import EncfsError
+
+#: Modules that add commands to ``cli``; a missing one is skipped so that a
+#: partially installed tree still runs.
+COMMAND_MODULES = ("files", "demo", "keys", "audit", "rewrap", "hsm", "stats")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="encfs")
+def cli() -> None:
+    """encfs: envelope-encrypted storage for any fsspec filesystem."""
+
+
+def _load_commands() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            importlib.import_module(f"encfs.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"encfs.cli.{name}":
+                raise
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        return f"no such file or directory: {exc.filename or text}" if exc.filename else f"not found: {text}"
+    if isinstance(exc, FileExistsError):
+        return f"already exists: {exc.filename or text}"
+    if isinstance(exc, EncfsError):
+        return text
+    return f"{type(exc).__name__}: {text}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    _load_commands()
+    try:
+        cli.main(args=argv, prog_name="encfs", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("encfs: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("encfs: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # the one place every failure becomes one line
+        if os.environ.get("ENCFS_DEBUG"):
+            raise
+        click.echo(f"encfs: error: {_one_line(exc)}", err=True)
+        sys.exit(1)

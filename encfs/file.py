@@ -1,0 +1,303 @@
+"""Encrypted file objects: reading by authenticated segment ranges, writing
+by streaming segments into an atomic sink.
+
+Reading (FORMAT.md section 7): opening reads the header region, unwraps the
+data key, checks the key commitment, the header MAC and the bound path, and
+authenticates the final segment (so a truncated object fails at once and the
+plaintext size is proven).  A read of ``[a, b)`` then fetches exactly the
+covering segments in one ranged request and releases nothing before each
+segment's tag has verified.
+
+Writing: plaintext is cut into segments as it arrives; only the bytes of one
+unfinished segment are held in memory.  The header goes first (it depends on
+nothing but keys and path), so a stream of unknown length is fine.  Nothing
+is visible at the destination until :meth:`EncryptedWriteFile.close` commits
+the sink; an exception inside ``with fs.open(p, "wb")`` discards it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from fsspec.spec import AbstractBufferedFile
+
+from .errors import FormatError, IntegrityError
+from .format import (
+    HEADER_REGION,
+    MAGIC,
+    OBJECT_ID_BYTES,
+    PATH_KEY,
+    TAG_BYTES,
+    Header,
+    SegmentAuthError,
+    SegmentCipher,
+    covering_segments,
+    derive_object_keys,
+    encode_header,
+    parse_header,
+    plaintext_size,
+    segment_count,
+    segment_offset,
+)
+from .sinks import Sink, open_sink
+
+if TYPE_CHECKING:
+    from .fs import EncryptedFileSystem
+
+#: Objects at most this large (ciphertext) are fetched in one request at open.
+SMALL_OBJECT = 1024 * 1024
+#: Decrypted segments an open reader keeps (the final one is always kept).
+SEGMENT_CACHE = 8
+
+
+def read_header(efs: EncryptedFileSystem, path: str, prefix: bytes) -> Header:
+    """Parse the header region ``prefix`` read from ``path``."""
+    if len(prefix) < HEADER_REGION:
+        if prefix[:4] == MAGIC or (len(prefix) < 4 and MAGIC.startswith(prefix) and prefix):
+            raise IntegrityError(path)
+        raise FormatError(f"not an encfs object (too short to hold a header) at {path}")
+    return parse_header(prefix[:HEADER_REGION], path)
+
+
+class ObjectReader:
+    """Authenticated random access to one encrypted object."""
+
+    def __init__(self, efs: EncryptedFileSystem, path: str, ct_size: int | None = None) -> None:
+        self.efs, self.path, self.target = efs, path, efs.fs
+        if ct_size is None:
+            ct_size = int(self.target.size(path))
+        self.ct_size = ct_size
+        self._whole: bytes | None = None
+        if ct_size <= SMALL_OBJECT:
+            self._whole = self.target.cat_file(path)
+            prefix = self._whole[:HEADER_REGION]
+            self.ct_size = len(self._whole)
+        else:
+            prefix = self.target.cat_file(path, start=0, end=HEADER_REGION)
+        self.header = header = read_header(efs, path, prefix)
+        _dek, keys = efs.keyring.unwrap(header, path)
+        header.verify(keys, path)
+        if efs.bind_path and header.context.get(PATH_KEY) != efs._bound_path(path):
+            raise IntegrityError(path)
+        size = plaintext_size(self.ct_size, header.segment_size, header.header_region)
+        if size is None:
+            raise IntegrityError(path)
+        self.size = size
+        self.segment_size = header.segment_size
+        self.nseg = segment_count(size, header.segment_size)
+        self._cipher = SegmentCipher(keys.body_key)
+        del _dek, keys
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        # Authenticate the final segment first: proves the size, catches
+        # truncation and extension before any byte is released.
+        self._load(range(self.nseg - 1, self.nseg))
+
+    def __repr__(self) -> str:
+        return f"ObjectReader({self.path!r}, size={self.size})"
+
+    def _open_segment(self, index: int, sealed: bytes) -> bytes:
+        try:
+            return self._cipher.open(index, sealed, index == self.nseg - 1)
+        except SegmentAuthError:
+            raise IntegrityError(self.path) from None
+
+    def _load(self, segs: range) -> list[bytes]:
+        """Plaintext of ``segs`` (contiguous), fetching missing ones in one request."""
+        if not segs:
+            return []
+        out: dict[int, bytes] = {i: self._cache[i] for i in segs if i in self._cache}
+        missing = [i for i in segs if i not in out]
+        if missing:
+            lo, hi = missing[0], missing[-1]
+            stride = self.segment_size + TAG_BYTES
+            start = segment_offset(lo, self.segment_size, self.header.header_region)
+            end = min(segment_offset(hi + 1, self.segment_size, self.header.header_region), self.ct_size)
+            if self._whole is not None:
+                blob: bytes | memoryview = memoryview(self._whole)[start:end]
+            else:
+                blob = self.target.cat_file(self.path, start=start, end=end)
+            if len(blob) != end - start:
+                raise IntegrityError(self.path)  # object changed size under us
+            view = memoryview(blob)
+            for j, i in enumerate(range(lo, hi + 1)):
+                out[i] = self._open_segment(i, view[j * stride : (j + 1) * stride])
+            for i in (missing[0], missing[-1], self.nseg - 1):
+                if i in out:
+                    self._remember(i, out[i])
+        return [out[i] for i in segs]
+
+    def _remember(self, index: int, plain: bytes) -> None:
+        self._cache[index] = plain
+        self._cache.move_to_end(index)
+        while len(self._cache) > SEGMENT_CACHE:
+            oldest = next(iter(self._cache))
+            if oldest == self.nseg - 1 and len(self._cache) > 1:
+                self._cache.move_to_end(oldest)
+                oldest = next(iter(self._cache))
+            del self._cache[oldest]
+
+    def read(self, start: int, end: int | None) -> bytes:
+        """Plaintext bytes ``[start, end)`` (clamped to the object)."""
+        if end is None or end > self.size:
+            end = self.size
+        start = max(0, start)
+        if start >= end:
+            return b""
+        segs = covering_segments(start, end, self.segment_size)
+        parts = self._load(segs)
+        first = segs[0] * self.segment_size
+        if len(parts) == 1:
+            return parts[0][start - first : end - first]
+        data = b"".join(parts)
+        return data[start - first : end - first]
+
+
+class EncryptedReadFile(AbstractBufferedFile):
+    """A read-only fsspec file over :class:`ObjectReader` (seek, read, caches)."""
+
+    def __init__(self, efs: EncryptedFileSystem, path: str, mode: str = "rb", block_size: Any = "default",
+                 cache_type: str = "readahead", cache_options: dict | None = None, **kwargs: Any) -> None:
+        self.reader = ObjectReader(efs, path, kwargs.pop("ct_size", None))
+        if block_size in ("default", None):
+            block_size = efs.read_block_size
+        super().__init__(efs, path, mode=mode, block_size=block_size, cache_type=cache_type,
+                         cache_options=cache_options, size=self.reader.size, **kwargs)
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return self.reader.read(start, end)
+
+
+class EncryptedWriteFile(io.IOBase):
+    """Streams plaintext into sealed segments; all-or-nothing at the target."""
+
+    def __init__(self, efs: EncryptedFileSystem, path: str, mode: str = "wb", autocommit: bool = True,
+                 sink: Sink | None = None) -> None:
+        super().__init__()
+        self.fs, self.path, self.mode, self.autocommit = efs, path, mode, autocommit
+        exclusive = "x" in mode
+        if exclusive and efs.fs.exists(path):
+            raise FileExistsError(path)
+        self.segment_size = efs.segment_size
+        context = efs._context_for(path)
+        _dek, wrapped = efs.keyring.new_data_key(context)
+        object_id = os.urandom(OBJECT_ID_BYTES)
+        keys = derive_object_keys(_dek, object_id, 1)
+        header = encode_header(segment_size=self.segment_size, object_id=object_id, context=context,
+                               keys=keys, wrapped_keys=wrapped)
+        self._cipher = SegmentCipher(keys.body_key)
+        del _dek, keys
+        self._sink = sink or open_sink(efs.fs, path, exclusive)
+        self._sink.write(header)
+        self._buf = bytearray()
+        self._index = 0
+        self._written = 0
+        self._finished = False
+        self._committed = False
+
+    def __repr__(self) -> str:
+        return f"<EncryptedWriteFile {self.path!r} mode={self.mode!r}>"
+
+    def __reduce__(self):
+        raise TypeError("an open encfs write file cannot be pickled")
+
+    # io.IOBase protocol
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._written
+
+    def _seal(self, data: bytes | memoryview, final: bool) -> None:
+        self._sink.write(self._cipher.seal(self._index, data, final))
+        self._index += 1
+
+    def write(self, data: Any) -> int:
+        if self.closed or self._finished:
+            raise ValueError("I/O operation on closed file")
+        view = memoryview(data).cast("B")
+        n = len(view)
+        seg = self.segment_size
+        pos = 0
+        # A segment is sealed only once a later byte exists: the last segment
+        # must carry the final flag, and we do not know it is last until close.
+        if self._buf:
+            need = seg - len(self._buf)
+            if n <= need:
+                self._buf += view
+                self._written += n
+                return n
+            self._buf += view[:need]
+            self._seal(bytes(self._buf), False)
+            self._buf.clear()
+            pos = need
+        while n - pos > seg:
+            self._seal(view[pos : pos + seg], False)
+            pos += seg
+        self._buf += view[pos:]
+        self._written += n
+        return n
+
+    def flush(self) -> None:
+        """Nothing to do: ciphertext only becomes visible at commit."""
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._seal(bytes(self._buf), True)
+            self._buf.clear()
+            self._finished = True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._finish()
+            if self.autocommit:
+                self.commit()
+        except BaseException:
+            self.discard()
+            raise
+        finally:
+            super().close()
+
+    def commit(self) -> None:
+        """Make the object visible (called by close, or by the transaction)."""
+        if self._committed:
+            return
+        self._finish()
+        self._sink.commit()
+        self._committed = True
+
+    def discard(self) -> None:
+        """Drop everything written; nothing appears at the destination."""
+        if not self._committed and not self._sink.done:
+            self._sink.discard()
+        self._buf.clear()
+        self._finished = True
+        if not self.closed:
+            super().close()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.discard()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        # Never commit an object nobody closed: it may be truncated.
+        if not getattr(self, "closed", True) and not getattr(self, "_committed", True):
+            warnings.warn(f"encfs file {self.path!r} was never closed; the write was discarded",
+                          ResourceWarning, stacklevel=1)
+            try:
+                self.discard()
+            except Exception:
+                pass

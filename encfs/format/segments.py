@@ -1,0 +1,57 @@
+"""AES-256-GCM segment cipher (FORMAT.md section 6).
+
+Segment ``i`` is sealed under the object's body key with the 12-byte nonce
+``uint64_be(i) || uint32_be(final)`` where ``final`` is 1 for the last
+segment and 0 otherwise.  The body key is unique per object (kdf.py), so the
+deterministic nonces never repeat under one key; the index in the nonce
+detects reordering and duplication, the final flag detects truncation at a
+segment boundary and extension.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .layout import TAG_BYTES
+
+_NONCE = struct.Struct(">QI")
+MAX_SEGMENTS = 2**64 - 1
+
+
+class SegmentAuthError(Exception):
+    """A segment failed authentication (translated to IntegrityError above)."""
+
+
+class SegmentCipher:
+    """Seals and opens the segments of one object."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, body_key: bytes) -> None:
+        self._aead = AESGCM(body_key)
+
+    def __repr__(self) -> str:
+        return "SegmentCipher(<key hidden>)"
+
+    def __reduce__(self):  # never pickle a live key
+        raise TypeError("SegmentCipher cannot be pickled")
+
+    @staticmethod
+    def nonce(index: int, final: bool) -> bytes:
+        if not 0 <= index < MAX_SEGMENTS:
+            raise ValueError("segment index out of range")
+        return _NONCE.pack(index, 1 if final else 0)
+
+    def seal(self, index: int, plaintext: bytes, final: bool) -> bytes:
+        return self._aead.encrypt(self.nonce(index, final), plaintext, None)
+
+    def open(self, index: int, ciphertext: bytes, final: bool) -> bytes:
+        if len(ciphertext) < TAG_BYTES:
+            raise SegmentAuthError()
+        try:
+            return self._aead.decrypt(self.nonce(index, final), ciphertext, None)
+        except InvalidTag:
+            raise SegmentAuthError() from None

@@ -1,0 +1,283 @@
+"""EncryptedFileSystem: the ``enc`` protocol over any fsspec filesystem.
+
+Every method is delegated explicitly (as fsspec's DirFileSystem does): an
+operation that is not written here is inherited from AbstractFileSystem,
+which routes it through :meth:`_open`, :meth:`ls` or :meth:`info` — never
+straight to the target, so plaintext can not bypass encryption.
+
+Constructor arguments are all the state there is; they hold references
+(key URIs, keystore path, limits), never key material, because fsspec puts
+them in ``storage_options``, ``to_json()`` and pickles, and dask ships them
+to workers in clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fsspec import filesystem
+from fsspec.implementations.chained import ChainedFileSystem
+
+from .errors import ConfigurationError
+from .file import EncryptedReadFile, EncryptedWriteFile, ObjectReader, read_header
+from .format import (
+    HEADER_REGION,
+    PATH_KEY,
+    check_segment_size,
+    derive_object_keys,
+    encode_header,
+    plaintext_size,
+)
+from .format.context import RESERVED_PREFIX
+from .format.layout import DEFAULT_SEGMENT
+from .keyring import Keyring
+from .sinks import TEMP_MARK, open_sink
+
+#: Bytes of body copied per request when re-binding an object (cp/mv).
+COPY_CHUNK = 8 * 1024 * 1024
+
+
+class EncryptedFileSystem(ChainedFileSystem):
+    """Transparent envelope encryption over a target fsspec filesystem.
+
+    Parameters
+    ----------
+    fo, fs, target_protocol, target_options:
+        The target, as for any chained fsspec filesystem: an instance
+        (``fs=``) or a protocol and its options.  ``fo`` is the path of a
+        chained URL (``enc::s3://bucket/key``) and is otherwise unused.
+    key:
+        Root key URI, or a list of them: each object's data key is wrapped
+        under every one.  Default ``"local://default"``.
+    decrypt_keys:
+        Extra key URIs this filesystem may unwrap with (besides ``key``).
+    context:
+        Extra encryption context (str → str) bound into every header and
+        sent to key services.
+    segment_size:
+        Plaintext bytes per authenticated segment (default 64 KiB).
+        Listings compute plaintext sizes with it, so readers should use the
+        writers' value.
+    keystore:
+        Directory of the local keystore (default ``$ENCFS_HOME`` or ``~/.encfs``).
+    providers:
+        Per-scheme provider options, e.g. ``{"aws-kms": {"region_name": ...}}``.
+    bind_path:
+        Check that an object sits at the path it was written for (default
+        True; objects are always written with their path bound).
+    """
+
+    protocol = "enc"
+    root_marker = ""
+    _strip_tokenize_options = ("fo",)
+
+    def __init__(
+        self,
+        fo: str | None = None,
+        *,
+        fs: Any = None,
+        target_protocol: str | None = None,
+        target_options: Mapping[str, Any] | None = None,
+        key: str | list[str] | None = None,
+        decrypt_keys: list[str] | None = None,
+        context: Mapping[str, str] | None = None,
+        segment_size: int = DEFAULT_SEGMENT,
+        keystore: str | None = None,
+        providers: Mapping[str, Mapping[str, Any]] | None = None,
+        bind_path: bool = True,
+        read_block_size: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if fs is None:
+            fs = filesystem(target_protocol or "file", **dict(target_options or {}))
+        elif target_protocol is not None:
+            raise ConfigurationError("give either fs= or target_protocol=, not both")
+        self.fs = fs
+        self.segment_size = check_segment_size(segment_size)
+        self.read_block_size = int(read_block_size or 4 * self.segment_size)
+        self.bind_path = bool(bind_path)
+        self.context = dict(context or {})
+        for k, v in self.context.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ConfigurationError("context keys and values must be strings")
+            if k.startswith(RESERVED_PREFIX):
+                raise ConfigurationError(f"context keys starting with {RESERVED_PREFIX!r} are reserved")
+        options = {k: dict(v) for k, v in (providers or {}).items()}
+        if keystore is not None:
+            options.setdefault("local", {})["home"] = keystore
+        self.keyring = Keyring(key, decrypt_keys=decrypt_keys, provider_options=options)
+
+    def __repr__(self) -> str:
+        keys = [str(r) for r in self.keyring.write_refs]
+        return f"EncryptedFileSystem(target={type(self.fs).__name__}, key={keys})"
+
+    # -- paths -----------------------------------------------------------------
+    @classmethod
+    def _strip_protocol(cls, path: Any) -> Any:
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = str(path)
+        if path.startswith("enc::"):
+            path = path[len("enc::") :]
+        elif path.startswith("enc://"):
+            path = path[len("enc://") :]
+        return path
+
+    def _target_path(self, path: str) -> str:
+        return self.fs._strip_protocol(self._strip_protocol(path))
+
+    def _bound_path(self, path: str) -> str:
+        """The path bound into headers: the target's canonical path."""
+        return self._target_path(path).rstrip("/")
+
+    def _context_for(self, path: str) -> dict[str, str]:
+        return {**self.context, PATH_KEY: self._bound_path(path)}
+
+    # -- sizes and listings ----------------------------------------------------
+    def _plain_info(self, info: dict[str, Any]) -> dict[str, Any]:
+        """Turn a target listing entry into a plaintext one (no extra request)."""
+        if info.get("type") != "file" or "size" not in info or info["size"] is None:
+            return info
+        out = dict(info)
+        size = plaintext_size(int(info["size"]), self.segment_size, HEADER_REGION)
+        out["encrypted_size"] = info["size"]
+        out["size"] = size if size is not None else 0
+        if size is None:
+            out["encfs_valid"] = False  # too small or wrong size for an encfs object
+        return out
+
+    @staticmethod
+    def _hidden(name: str) -> bool:
+        return TEMP_MARK in name.rsplit("/", 1)[-1]
+
+    def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
+        entries = self.fs.ls(self._target_path(path), detail=True, **kwargs)
+        entries = [self._plain_info(e) for e in entries if not self._hidden(e["name"])]
+        return entries if detail else [e["name"] for e in entries]
+
+    def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        return self._plain_info(self.fs.info(self._target_path(path), **kwargs))
+
+    def find(self, path: str, maxdepth: int | None = None, withdirs: bool = False, detail: bool = False, **kwargs: Any):
+        found = self.fs.find(self._target_path(path), maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
+        out = {k: self._plain_info(v) for k, v in found.items() if not self._hidden(k)}
+        return out if detail else sorted(out)
+
+    def exists(self, path: str, **kwargs: Any) -> bool:
+        return self.fs.exists(self._target_path(path), **kwargs)
+
+    def isdir(self, path: str) -> bool:
+        return self.fs.isdir(self._target_path(path))
+
+    def isfile(self, path: str) -> bool:
+        return self.fs.isfile(self._target_path(path))
+
+    def created(self, path: str) -> Any:
+        return self.fs.created(self._target_path(path))
+
+    def modified(self, path: str) -> Any:
+        return self.fs.modified(self._target_path(path))
+
+    def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
+        self.fs.mkdir(self._target_path(path), create_parents=create_parents, **kwargs)
+
+    def makedirs(self, path: str, exist_ok: bool = False) -> None:
+        self.fs.makedirs(self._target_path(path), exist_ok=exist_ok)
+
+    def rmdir(self, path: str) -> None:
+        self.fs.rmdir(self._target_path(path))
+
+    def rm_file(self, path: str) -> None:
+        self.fs.rm_file(self._target_path(path))
+
+    def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
+        # The target knows best how to recurse (and batch deletes).
+        self.fs.rm(self._target_path(path) if isinstance(path, str) else [self._target_path(p) for p in path],
+                   recursive=recursive, maxdepth=maxdepth)
+
+    def invalidate_cache(self, path: str | None = None) -> None:
+        self.fs.invalidate_cache(self._target_path(path) if path else None)
+
+    def sign(self, path: str, expiration: int = 100, **kwargs: Any) -> str:
+        raise NotImplementedError("a signed URL would hand out ciphertext; read through encfs instead")
+
+    # -- reading -----------------------------------------------------------------
+    def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
+              cache_options: dict | None = None, **kwargs: Any):
+        tpath = self._target_path(path)
+        if mode == "rb":
+            return EncryptedReadFile(self, tpath, mode, block_size=block_size, cache_options=cache_options, **kwargs)
+        if mode in ("wb", "xb"):
+            return EncryptedWriteFile(self, tpath, mode, autocommit=autocommit)
+        raise ValueError(f"encfs supports modes rb, wb and xb (and their text forms), not {mode!r}")
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        reader = ObjectReader(self, self._target_path(path))
+        size = reader.size
+        if start is not None and start < 0:
+            start = max(0, size + start)
+        if end is not None and end < 0:
+            end = max(0, size + end)
+        return reader.read(start or 0, end)
+
+    def reader(self, path: str) -> ObjectReader:
+        """An authenticated random-access reader (public for tools and CLI)."""
+        return ObjectReader(self, self._target_path(path))
+
+    def header(self, path: str):
+        """The parsed, unverified header of an object (one ranged read)."""
+        tpath = self._target_path(path)
+        return read_header(self, tpath, self.fs.cat_file(tpath, start=0, end=HEADER_REGION))
+
+    # -- writing -------------------------------------------------------------------
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        with self._open(path, "xb" if mode == "create" else "wb") as f:
+            f.write(value)
+
+    def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
+        if truncate or not self.exists(path):
+            self.pipe_file(path, b"")
+        else:
+            self.fs.touch(self._target_path(path), truncate=False, **kwargs)
+
+    def cp_file(self, path1: str, path2: str, **kwargs: Any) -> None:
+        """Copy an encrypted object, re-binding its header to the new path.
+
+        The body is copied as ciphertext: only the header is rewritten (same
+        object id and wrapped keys, new context, new MAC).
+        """
+        src, dst = self._target_path(path1), self._target_path(path2)
+        if self.fs.isdir(src):
+            self.fs.makedirs(dst, exist_ok=True)
+            return
+        ct_size = int(self.fs.size(src))
+        header = read_header(self, src, self.fs.cat_file(src, start=0, end=HEADER_REGION))
+        dek, keys = self.keyring.unwrap(header, src)
+        header.verify(keys, src)
+        if self.bind_path and header.context.get(PATH_KEY) != self._bound_path(src):
+            from .errors import IntegrityError
+
+            raise IntegrityError(src)
+        if plaintext_size(ct_size, header.segment_size, header.header_region) is None:
+            from .errors import IntegrityError
+
+            raise IntegrityError(src)
+        new_context = {**header.context, PATH_KEY: self._bound_path(dst)}
+        new_header = encode_header(segment_size=header.segment_size, object_id=header.object_id,
+                                   context=new_context, keys=derive_object_keys(dek, header.object_id, header.suite),
+                                   wrapped_keys=header.wrapped_keys, suite=header.suite)
+        del dek, keys
+        sink = open_sink(self.fs, dst, exclusive=kwargs.get("mode") == "create")
+        try:
+            sink.write(new_header)
+            pos = header.header_region
+            while pos < ct_size:
+                end = min(pos + COPY_CHUNK, ct_size)
+                sink.write(self.fs.cat_file(src, start=pos, end=end))
+                pos = end
+            sink.commit()
+        except BaseException:
+            sink.discard()
+            raise

@@ -1,0 +1,5 @@
+"""encfs's own key storage (the embedded default key service)."""
+
+from .store import DEFAULT_ALIAS, LocalKeystore, default_home
+
+__all__ = ["LocalKeystore", "DEFAULT_ALIAS", "default_home"]

@@ -1,0 +1,110 @@
+"""Durable JSON file storage for the local keystore.
+
+Writes are atomic (temp file in the same directory, fsync, rename, fsync of
+the directory) so a crash at any point leaves either the old or the new file,
+never a torn one.  Read-modify-write cycles hold an exclusive ``flock`` on a
+side lock file so concurrent processes never lose each other's updates.  The
+previous good version is kept as ``<name>.bak`` for recovery.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import KeystoreError
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` owner-only (0700) if missing."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, mode 0600."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class JsonFileStore:
+    """One JSON document on disk, updated under an inter-process lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.backup = self.path.with_name(self.path.name + ".bak")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    def __repr__(self) -> str:
+        return f"JsonFileStore({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        ensure_private_dir(self.path.parent)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _parse(self, path: Path) -> dict[str, Any]:
+        raw = path.read_bytes()
+        doc = json.loads(raw.decode("utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("top level is not an object")
+        return doc
+
+    def read(self) -> dict[str, Any] | None:
+        """The current document, ``None`` if the file does not exist yet."""
+        if not self.path.exists():
+            return None
+        try:
+            return self._parse(self.path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            hint = f"; a backup exists at {self.backup} (run 'encfs keys recover')" if self.backup.exists() else ""
+            raise KeystoreError(f"keystore file {self.path} is corrupted ({type(exc).__name__}){hint}") from None
+
+    def read_backup(self) -> dict[str, Any]:
+        try:
+            return self._parse(self.backup)
+        except FileNotFoundError:
+            raise KeystoreError(f"no keystore backup at {self.backup}") from None
+        except (ValueError, UnicodeDecodeError):
+            raise KeystoreError(f"keystore backup {self.backup} is corrupted too") from None
+
+    def write(self, doc: dict[str, Any]) -> None:
+        """Replace the document (caller holds :meth:`locked`); keep a backup."""
+        ensure_private_dir(self.path.parent)
+        data = json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
+        if self.path.exists():
+            try:
+                self._parse(self.path)
+            except (ValueError, UnicodeDecodeError):
+                pass  # never overwrite the good backup with a corrupted file
+            else:
+                atomic_write_bytes(self.backup, self.path.read_bytes())
+        atomic_write_bytes(self.path, data)

@@ -1,0 +1,43 @@
+"""Shared fixtures.  Every test gets its own throwaway ENCFS_HOME, so no test
+touches the user's keystore and tests never see each other's keys."""
+
+from __future__ import annotations
+
+import fsspec
+import pytest
+
+from encfs import EncryptedFileSystem
+
+
+@pytest.fixture(autouse=True)
+def encfs_home(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("encfs-home")
+    monkeypatch.setenv("ENCFS_HOME", str(home))
+    monkeypatch.delenv("ENCFS_PASSPHRASE", raising=False)
+    return home
+
+
+@pytest.fixture
+def memfs():
+    """A fresh, private in-memory target (not fsspec's shared global store)."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem(skip_instance_cache=True)
+    fs.store = {}
+    fs.pseudo_dirs = [""]
+    return fs
+
+
+@pytest.fixture
+def efs_mem(memfs, encfs_home):
+    return EncryptedFileSystem(fs=memfs, keystore=str(encfs_home), skip_instance_cache=True)
+
+
+@pytest.fixture
+def efs_local(tmp_path, encfs_home):
+    return EncryptedFileSystem(target_protocol="file", keystore=str(encfs_home), skip_instance_cache=True), tmp_path
+
+
+@pytest.fixture
+def plain_local():
+    return fsspec.filesystem("file")
