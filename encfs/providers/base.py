@@ -115,6 +115,41 @@ class KeyProvider(ABC):
     def create_key(self, *, alias: str | None = None, description: str = "", tags: Mapping[str, str] | None = None) -> KeyInfo:
         raise ConfigurationError(f"provider {self.scheme!r} cannot create keys")
 
+    # -- administration (optional: a provider implements what its service has)
+    def _unsupported(self, what: str):
+        raise ConfigurationError(f"key provider {self.scheme!r} does not support {what}")
+
+    def enable_key(self, ref: KeyRef) -> None:
+        self._unsupported("enabling keys")
+
+    def disable_key(self, ref: KeyRef) -> None:
+        self._unsupported("disabling keys")
+
+    def rotate_key(self, ref: KeyRef) -> KeyInfo:
+        """Create a new key version (or rotate on demand); return the new state."""
+        self._unsupported("rotation")
+
+    def rotation_status(self, ref: KeyRef) -> dict[str, Any]:
+        self._unsupported("rotation status")
+
+    def schedule_deletion(self, ref: KeyRef, days: int = 30) -> KeyInfo:
+        self._unsupported("scheduled deletion")
+
+    def cancel_deletion(self, ref: KeyRef) -> KeyInfo:
+        self._unsupported("cancelling deletion")
+
+    def set_alias(self, alias: str, ref: KeyRef) -> None:
+        self._unsupported("aliases")
+
+    def delete_alias(self, alias: str) -> None:
+        self._unsupported("aliases")
+
+    def tag_key(self, ref: KeyRef, tags: Mapping[str, str]) -> None:
+        self._unsupported("tags")
+
+    def untag_key(self, ref: KeyRef, keys: list[str]) -> None:
+        self._unsupported("tags")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
