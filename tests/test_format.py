@@ -1,0 +1,411 @@
+"""Unit tests of the ENCF v1 format package: pure bytes, no filesystem.
+
+Covers the canonical context encoding, the layout arithmetic (plaintext size
+from ciphertext size alone), header encode/parse, a parse fuzz that may only
+ever raise encfs format errors, and key commitment.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from encfs.errors import FormatError, IntegrityError, UnsupportedVersionError
+from encfs.format import (
+    HEADER_REGION,
+    MAGIC,
+    SUITE_AES256GCM_HKDF_SHA256_COMMIT,
+    TAG_BYTES,
+    WrappedKey,
+    ciphertext_size,
+    covering_segments,
+    decode_context,
+    decrypt_object,
+    derive_object_keys,
+    encode_context,
+    encode_header,
+    encrypt_object,
+    parse_header,
+    plaintext_size,
+    replace_wrapped_keys,
+    segment_count,
+    segment_offset,
+)
+from encfs.format.context import MAX_CONTEXT_BYTES, MAX_ENTRIES, MAX_KEY_BYTES, MAX_VALUE_BYTES
+from encfs.format.header import FIXED_BYTES, MAX_WRAPPED_KEYS
+from encfs.format.layout import MAX_SEGMENT, MIN_SEGMENT
+
+SUITE = SUITE_AES256GCM_HKDF_SHA256_COMMIT
+FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _wk(blob: bytes = b"\x01" * 60, key_id: str = "lk-0123", version: str = "1") -> WrappedKey:
+    return WrappedKey("local", key_id, version, blob)
+
+
+# -- context -------------------------------------------------------------------
+
+contexts = st.dictionaries(
+    st.text(min_size=1, max_size=20).filter(lambda s: len(s.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES),
+    st.text(max_size=40),
+    max_size=8,
+).filter(lambda d: all(_utf8_ok(k) and _utf8_ok(v) for k, v in d.items()))
+
+
+def _utf8_ok(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@FAST
+@given(contexts, st.randoms())
+def test_context_roundtrip_and_order_independent(ctx: dict[str, str], rnd) -> None:
+    items = list(ctx.items())
+    rnd.shuffle(items)
+    shuffled = dict(items)
+    enc = encode_context(ctx)
+    assert encode_context(shuffled) == enc
+    assert decode_context(enc) == ctx
+
+
+@FAST
+@given(st.binary(max_size=300))
+def test_context_decode_accepts_only_canonical(data: bytes) -> None:
+    """Whatever decodes must re-encode to exactly the same bytes (one encoding per context)."""
+    try:
+        ctx = decode_context(data)
+    except ValueError:
+        return
+    assert encode_context(ctx) == data
+
+
+def _raw_context(entries: list[tuple[bytes, bytes]], count: int | None = None) -> bytes:
+    out = struct.pack(">H", len(entries) if count is None else count)
+    for k, v in entries:
+        out += struct.pack(">B", len(k)) + k + struct.pack(">H", len(v)) + v
+    return out
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(_raw_context([(b"b", b"1"), (b"a", b"2")]), id="unsorted"),
+        pytest.param(_raw_context([(b"a", b"1"), (b"a", b"2")]), id="duplicate"),
+        pytest.param(_raw_context([(b"a", b"1"), (b"a", b"1")]), id="duplicate-same-value"),
+        pytest.param(_raw_context([(b"a", b"1")]) + b"\x00", id="trailing-byte"),
+        pytest.param(_raw_context([(b"a", b"1")], count=2), id="count-too-high"),
+        pytest.param(_raw_context([(b"a", b"1"), (b"b", b"2")], count=1), id="count-too-low"),
+        pytest.param(_raw_context([(b"", b"1")]), id="empty-key"),
+        pytest.param(_raw_context([(b"\xff\xfe", b"1")]), id="bad-utf8-key"),
+        pytest.param(_raw_context([(b"k", b"\xc0\x80")]), id="overlong-utf8-value"),
+        pytest.param(_raw_context([(b"k", b"\xed\xa0\x80")]), id="surrogate-utf8-value"),
+        pytest.param(_raw_context([(b"k", b"v" * (MAX_VALUE_BYTES + 1))]), id="value-too-long"),
+        pytest.param(_raw_context([(bytes([65 + i % 26, i]), b"") for i in range(MAX_ENTRIES + 1)]), id="too-many"),
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\x00", id="one-byte"),
+        pytest.param(b"\x00\x01\x05abc", id="truncated-key"),
+        pytest.param(b"\x00\x01\x01a\x00", id="truncated-value-length"),
+        pytest.param(b"\x00\x01\x01a\x00\x05ab", id="truncated-value"),
+        pytest.param(b"\x00\x00" + bytes(MAX_CONTEXT_BYTES), id="oversize"),
+    ],
+)
+def test_context_decode_rejects(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_context(data)
+
+
+def test_context_empty_is_two_zero_bytes() -> None:
+    assert encode_context({}) == b"\x00\x00"
+    assert decode_context(b"\x00\x00") == {}
+
+
+def test_context_is_sorted_by_key_bytes_with_explicit_lengths() -> None:
+    enc = encode_context({"b": "", "ab": "2", "a": "1", "\u00e9": "x"})
+    assert enc == _raw_context([(b"a", b"1"), (b"ab", b"2"), (b"b", b""), (b"\xc3\xa9", b"x")])
+
+
+@pytest.mark.parametrize(
+    "ctx",
+    [
+        pytest.param({"": "x"}, id="empty-key"),
+        pytest.param({"k" * (MAX_KEY_BYTES + 1): "x"}, id="key-too-long"),
+        pytest.param({"k": "v" * (MAX_VALUE_BYTES + 1)}, id="value-too-long"),
+        pytest.param({f"k{i}": "" for i in range(MAX_ENTRIES + 1)}, id="too-many-entries"),
+        pytest.param({f"k{i}": "v" * 200 for i in range(20)}, id="encoded-too-large"),
+        pytest.param({"k": 1}, id="non-string-value"),
+        pytest.param({1: "v"}, id="non-string-key"),
+        pytest.param({"k": "\ud800"}, id="lone-surrogate"),
+    ],
+)
+def test_context_encode_rejects(ctx) -> None:
+    with pytest.raises(ValueError):
+        encode_context(ctx)
+
+
+# -- layout ----------------------------------------------------------------------
+
+SEGMENT_SIZES = [MIN_SEGMENT, 1500, 4096, 65536, MAX_SEGMENT]
+
+
+@pytest.mark.parametrize("seg", SEGMENT_SIZES)
+def test_layout_inverse_at_edges(seg: int) -> None:
+    sizes = {0, 1, seg - 1, seg, seg + 1, 2 * seg - 1, 2 * seg, 2 * seg + 1, 7 * seg + 3, 1000 * seg}
+    for p in sorted(sizes):
+        c = ciphertext_size(p, seg)
+        assert c == HEADER_REGION + p + TAG_BYTES * segment_count(p, seg)
+        assert plaintext_size(c, seg) == p, (p, seg)
+
+
+def test_layout_segment_counts() -> None:
+    s = 1024
+    assert [segment_count(p, s) for p in (0, 1, s - 1, s, s + 1, 2 * s, 2 * s + 1)] == [1, 1, 1, 1, 2, 2, 3]
+    assert ciphertext_size(0, s) == HEADER_REGION + TAG_BYTES
+    assert ciphertext_size(s, s) == HEADER_REGION + s + TAG_BYTES
+    assert ciphertext_size(s + 1, s) == HEADER_REGION + s + 1 + 2 * TAG_BYTES
+
+
+@pytest.mark.parametrize("seg", [MIN_SEGMENT, 1500, 4096])
+def test_layout_every_ciphertext_size_is_inverse_or_none(seg: int) -> None:
+    """Exhaustive over ~5 segments: plaintext_size is a partial inverse, and
+    exactly the sizes a writer can produce map to a plaintext size."""
+    producible = {ciphertext_size(p, seg) for p in range(0, 5 * seg + 1)}
+    for c in range(0, HEADER_REGION + 5 * (seg + TAG_BYTES) + 1):
+        p = plaintext_size(c, seg)
+        if c in producible:
+            assert p is not None and ciphertext_size(p, seg) == c, c
+        else:
+            assert p is None, (c, p)
+
+
+@FAST
+@given(st.integers(0, 2**40), st.integers(MIN_SEGMENT, MAX_SEGMENT))
+def test_layout_inverse_random(p: int, seg: int) -> None:
+    assert plaintext_size(ciphertext_size(p, seg), seg) == p
+
+
+@FAST
+@given(st.integers(0, 2**40), st.integers(MIN_SEGMENT, MAX_SEGMENT))
+def test_layout_plaintext_size_partial_inverse_random(c: int, seg: int) -> None:
+    p = plaintext_size(c, seg)
+    if p is not None:
+        assert ciphertext_size(p, seg) == c
+
+
+def test_layout_impossible_sizes() -> None:
+    s = 1024
+    stride = s + TAG_BYTES
+    for c in [0, 1, HEADER_REGION - 1, HEADER_REGION, HEADER_REGION + TAG_BYTES - 1]:
+        assert plaintext_size(c, s) is None, c
+    # A full segment followed by an empty (tag-only) final segment is never written.
+    assert plaintext_size(HEADER_REGION + stride + TAG_BYTES, s) is None
+    # A partial final segment shorter than a tag cannot exist.
+    assert plaintext_size(HEADER_REGION + stride + TAG_BYTES - 1, s) is None
+    assert plaintext_size(HEADER_REGION + stride + 1, s) is None
+
+
+def test_layout_offsets_and_covering() -> None:
+    s = 1024
+    assert segment_offset(0, s) == HEADER_REGION
+    assert segment_offset(3, s) == HEADER_REGION + 3 * (s + TAG_BYTES)
+    assert list(covering_segments(0, 0, s)) == []
+    assert list(covering_segments(5, 5, s)) == []
+    assert list(covering_segments(0, 1, s)) == [0]
+    assert list(covering_segments(0, s, s)) == [0]
+    assert list(covering_segments(s - 1, s + 1, s)) == [0, 1]
+    assert list(covering_segments(s, 2 * s, s)) == [1]
+    assert list(covering_segments(3 * s + 7, 5 * s + 1, s)) == [3, 4, 5]
+
+
+# -- header ------------------------------------------------------------------------
+
+
+def _header(ctx=None, wrapped=None, seg: int = 1024, dek: bytes | None = None, oid: bytes | None = None):
+    dek = dek or os.urandom(32)
+    oid = oid or os.urandom(32)
+    keys = derive_object_keys(dek, oid, SUITE)
+    ctx = {"encfs:path": "bucket/a/b.parquet", "team": "data"} if ctx is None else ctx
+    wrapped = wrapped or [_wk()]
+    region = encode_header(segment_size=seg, object_id=oid, context=ctx, keys=keys, wrapped_keys=wrapped)
+    return region, keys, oid, ctx, wrapped
+
+
+def test_header_roundtrip() -> None:
+    wrapped = [_wk(b"\x02" * 40), WrappedKey("aws-kms", "arn:aws:kms:eu-west-1:1:key/ab", "", b"\x03" * 200)]
+    region, keys, oid, ctx, _ = _header(wrapped=wrapped, seg=4096)
+    assert len(region) == HEADER_REGION
+    assert region[:4] == MAGIC
+    h = parse_header(region, "p")
+    assert (h.segment_size, h.object_id, h.context, h.wrapped_keys) == (4096, oid, ctx, tuple(wrapped))
+    assert h.commitment == keys.commitment
+    assert (h.version, h.suite, h.header_region) == (1, SUITE, HEADER_REGION)
+    h.verify(keys, "p")
+    # Fixed fields sit where header.py documents them.
+    assert struct.unpack_from(">4sBBHII", region, 0) == (MAGIC, 1, SUITE, 0, HEADER_REGION, 4096)
+    assert region[16:48] == oid
+    (ctx_len,) = struct.unpack_from(">H", region, 48)
+    assert region[50 : 50 + ctx_len] == encode_context(ctx)
+    assert region[50 + ctx_len : 82 + ctx_len] == keys.commitment
+    assert h.mac == region[82 + ctx_len : 114 + ctx_len]
+
+
+def test_header_parse_ignores_bytes_after_region() -> None:
+    region, keys, *_ = _header()
+    h = parse_header(region + b"body bytes", None)
+    h.verify(keys)
+
+
+def test_header_max_wrapped_keys() -> None:
+    region, keys, *_ = _header(ctx={"encfs:path": "p"}, wrapped=[_wk(b"\x05" * 60)] * MAX_WRAPPED_KEYS)
+    assert len(parse_header(region).wrapped_keys) == MAX_WRAPPED_KEYS
+    with pytest.raises(ValueError):
+        _header(wrapped=[_wk()] * (MAX_WRAPPED_KEYS + 1))
+
+
+def test_header_too_large_is_reported() -> None:
+    from encfs.errors import HeaderTooLargeError
+
+    big = [_wk(b"\x06" * 2000, key_id="k" * 100)] * 3
+    with pytest.raises(HeaderTooLargeError):
+        _header(wrapped=big)
+
+
+def test_header_verify_rejects_other_keys() -> None:
+    region, keys, oid, *_ = _header()
+    h = parse_header(region)
+    with pytest.raises(IntegrityError):
+        h.verify(derive_object_keys(os.urandom(32), oid, SUITE))
+
+
+def test_rewrap_keeps_mac_and_changes_only_wrapped_keys() -> None:
+    region, keys, *_ = _header()
+    h = parse_header(region)
+    new = replace_wrapped_keys(region, h, [_wk(b"\x07" * 60, key_id="lk-other", version="4")])
+    assert len(new) == HEADER_REGION
+    h2 = parse_header(new)
+    h2.verify(keys)
+    assert h2.mac == h.mac and h2.mac_input == h.mac_input
+    assert h2.wrapped_keys[0].key_id == "lk-other"
+
+
+def test_version_and_suite_errors_are_unsupported_version() -> None:
+    region, *_ = _header()
+    for off, value in ((4, 2), (4, 0), (5, 2), (5, 0), (5, 255)):
+        bad = bytearray(region)
+        bad[off] = value
+        with pytest.raises(UnsupportedVersionError):
+            parse_header(bytes(bad), "x")
+
+
+def test_not_encfs_is_format_error_naming_path() -> None:
+    with pytest.raises(FormatError, match="not an encfs object at some/path") as info:
+        parse_header(b"PAR1" + bytes(HEADER_REGION), "some/path")
+    assert type(info.value) is FormatError
+
+
+ALLOWED_PARSE_ERRORS = (FormatError, IntegrityError)  # UnsupportedVersionError is a FormatError
+
+
+def _parse_only_encfs_errors(data: bytes) -> None:
+    try:
+        parse_header(data, "fuzz")
+    except ALLOWED_PARSE_ERRORS:
+        pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=HEADER_REGION + 64))
+def test_parse_fuzz_random_bytes(data: bytes) -> None:
+    _parse_only_encfs_errors(data)
+    _parse_only_encfs_errors(MAGIC + data)
+    _parse_only_encfs_errors(MAGIC + b"\x01\x01" + data)
+
+
+_VALID_REGION, _VALID_KEYS, *_rest = _header()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, HEADER_REGION - 1), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, HEADER_REGION + 16))
+def test_parse_fuzz_mutated_valid_header(edits: list[tuple[int, int]], cut: int) -> None:
+    """Mutations of a real header: parse never crashes, and a mutation that
+    parses and verifies must be a no-op on the authenticated part."""
+    data = bytearray(_VALID_REGION)
+    for pos, value in edits:
+        data[pos] = value
+    data = bytes(data[:cut])
+    try:
+        h = parse_header(data, "fuzz")
+    except ALLOWED_PARSE_ERRORS:
+        return
+    try:
+        h.verify(_VALID_KEYS, "fuzz")
+    except IntegrityError:
+        return
+    # Verified: the MAC-covered bytes must be unchanged.
+    assert h.mac_input + h.mac == _VALID_REGION[: len(h.mac_input) + 32]
+
+
+def test_parse_fuzz_every_prefix_length() -> None:
+    for n in range(0, HEADER_REGION + 1):
+        _parse_only_encfs_errors(_VALID_REGION[:n])
+    for n in range(FIXED_BYTES, HEADER_REGION):
+        with pytest.raises(IntegrityError):
+            parse_header(_VALID_REGION[:n])
+
+
+# -- commitment and whole-object helpers ----------------------------------------------
+
+
+def test_commitment_ciphertext_cannot_verify_under_second_dek() -> None:
+    dek1, dek2 = os.urandom(32), os.urandom(32)
+    oid = os.urandom(32)
+    blob = encrypt_object(dek=dek1, object_id=oid, context={"encfs:path": "p"}, wrapped_keys=[_wk()],
+                          plaintext=b"secret" * 500, segment_size=1024)
+    assert decrypt_object(blob, dek1, "p")[1] == b"secret" * 500
+    with pytest.raises(IntegrityError):
+        decrypt_object(blob, dek2, "p")
+    k1, k2 = derive_object_keys(dek1, oid, SUITE), derive_object_keys(dek2, oid, SUITE)
+    assert not k2.matches(k1.commitment)
+    # Even a header re-MACed under the second DEK keeps the first commitment
+    # unless the attacker knows dek1; and the commitment is checked first.
+    h = parse_header(blob)
+    with pytest.raises(IntegrityError):
+        h.verify(k2)
+
+
+def test_kdf_separates_objects_and_labels() -> None:
+    dek = os.urandom(32)
+    a = derive_object_keys(dek, b"\x00" * 32, SUITE)
+    b = derive_object_keys(dek, b"\x00" * 31 + b"\x01", SUITE)
+    values = {a.body_key, a.mac_key, a.commitment, b.body_key, b.mac_key, b.commitment}
+    assert len(values) == 6 and all(len(v) == 32 for v in values)
+    assert derive_object_keys(dek, b"\x00" * 32, SUITE) == a
+    with pytest.raises(ValueError):
+        derive_object_keys(dek[:31], b"\x00" * 32, SUITE)
+    with pytest.raises(ValueError):
+        derive_object_keys(dek, b"\x00" * 31, SUITE)
+
+
+def test_object_keys_repr_hides_material() -> None:
+    keys = derive_object_keys(b"\x11" * 32, b"\x22" * 32, SUITE)
+    r = repr(keys)
+    for secret in (keys.body_key, keys.mac_key, keys.commitment):
+        assert secret.hex() not in r and repr(secret) not in r
+
+
+@pytest.mark.parametrize("size", [0, 1, 1023, 1024, 1025, 5 * 1024, 5 * 1024 + 17])
+def test_encrypt_decrypt_object_sizes(size: int) -> None:
+    dek, oid, data = os.urandom(32), os.urandom(32), os.urandom(size)
+    blob = encrypt_object(dek=dek, object_id=oid, context={"encfs:path": "x"}, wrapped_keys=[_wk()],
+                          plaintext=data, segment_size=1024)
+    assert len(blob) == ciphertext_size(size, 1024)
+    assert plaintext_size(len(blob), 1024) == size
+    header, out = decrypt_object(blob, dek, "x")
+    assert out == data and header.object_id == oid
