@@ -9,14 +9,23 @@ header's key commitment (so a substituted entry is harmless).
 The encryption context given to key services is the header context minus
 the object path: coarse enough that one data key can serve many objects
 (the data-key cache), while the header MAC binds the exact path.
+
+The data-key cache (cache.py, docs/CACHE.md) sits between the keyring and
+the providers: ``new_data_key`` reuses a generated key within the limits,
+``unwrap`` reuses an unwrapped key by the digest of its wrapped entry.  The
+keyring counts every key-service call itself, cache or not, so ``stats()``
+tells the truth about what reached the key service.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
+from .cache import CacheLimits, DataKeyCache, partition_id, wrapped_digest
 from .errors import ConfigurationError, EncfsError, IntegrityError, KeyServiceError, NoUsableKeyError
 from .format import PATH_KEY, Header, ObjectKeys, WrappedKey, derive_object_keys
 from .providers import KeyProvider, KeyRef, make_provider
@@ -39,6 +48,7 @@ class Keyring:
         decrypt_keys: list[str] | None = None,
         provider_options: Mapping[str, Mapping[str, Any]] | None = None,
         providers: Mapping[str, KeyProvider] | None = None,
+        cache: bool | Mapping[str, Any] | None = True,
     ) -> None:
         if keys is None:
             keys = [DEFAULT_KEY]
@@ -50,7 +60,14 @@ class Keyring:
         self.read_refs = self.write_refs + [KeyRef.parse(k) for k in (decrypt_keys or [])]
         self._options = {k: dict(v) for k, v in (provider_options or {}).items()}
         self._providers: dict[str, KeyProvider] = dict(providers or {})
+        #: Providers this keyring created itself (re-created after a fork).
+        self._made: dict[str, KeyProvider] = {}
         self._lock = threading.Lock()
+        limits = CacheLimits.from_option(cache)
+        self.cache: DataKeyCache | None = DataKeyCache(limits) if limits is not None else None
+        self._calls = {"generate_calls": 0, "wrap_calls": 0, "unwrap_calls": 0, "key_service_errors": 0}
+        self._calls_lock = threading.Lock()
+        _KEYRINGS.add(self)
 
     def __repr__(self) -> str:
         return f"Keyring(keys={[str(r) for r in self.write_refs]})"
@@ -61,23 +78,108 @@ class Keyring:
             if p is None:
                 p = make_provider(scheme, self._options.get(scheme))
                 self._providers[scheme] = p
+                self._made[scheme] = p
             return p
+
+    def _after_fork_in_child(self) -> None:
+        """Child side of a fork: a new lock (the old one may be held by a
+        parent thread that does not exist here) and fresh providers, since
+        SDK clients and HSM sessions must not be shared with the parent
+        (PKCS#11 requires a new C_Initialize; HTTP pools share sockets).
+        Providers handed in by the caller cannot be re-created and stay."""
+        self._lock = threading.Lock()
+        self._calls_lock = threading.Lock()
+        for scheme, made in list(self._made.items()):
+            if self._providers.get(scheme) is made:
+                del self._providers[scheme]
+        self._made.clear()
+
+    # -- counters ----------------------------------------------------------------
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._calls_lock:
+            self._calls[name] += n
+
+    def stats(self) -> dict[str, Any]:
+        """Key-service calls made by this keyring and the cache's counters.
+
+        ``key_service_calls`` is generate + wrap + unwrap calls, attempted
+        (failed calls count too).  With ``cache=False`` the cache fields are
+        absent and ``cache_enabled`` is False.
+        """
+        with self._calls_lock:
+            out: dict[str, Any] = dict(self._calls)
+        out["key_service_calls"] = out["generate_calls"] + out["wrap_calls"] + out["unwrap_calls"]
+        out["cache_enabled"] = self.cache is not None
+        if self.cache is not None:
+            out.update(self.cache.stats())
+        return out
+
+    def clear_cache(self) -> None:
+        """Forget (and wipe) every cached data key, e.g. after revoking a key."""
+        if self.cache is not None:
+            self.cache.clear()
 
     # -- write side ------------------------------------------------------------
     def new_data_key(self, context: Mapping[str, str]) -> tuple[bytes, list[WrappedKey]]:
-        """A fresh data key and its wrapped copies, one per write key."""
+        """A data key and its wrapped copies, one per write key.
+
+        With the cache on, a key generated for an earlier object of the same
+        root keys and service context is reused within the limits; each
+        object still derives its own keys from its random object id.  The
+        writer reports its plaintext size at close with
+        :meth:`record_plaintext` (the ``max_bytes`` limit).
+        """
         ctx = service_context(context)
+        cache = self.cache
+        if cache is None or cache.limits.max_age <= 0:
+            dek, entries = self._generate(ctx)
+            if cache is not None:
+                cache.put_encryption_key(b"", dek, entries)  # counts the miss, keeps nothing
+            return dek, entries
+        part = partition_id([str(r) for r in self.write_refs], ctx)
+        hit = cache.take_encryption_key(part)
+        if hit is None:
+            with cache.flight("enc", part):
+                # Another thread may have filled the slot while we waited.
+                hit = cache.take_encryption_key(part)
+                if hit is None:
+                    dek, entries = self._generate(ctx)
+                    cache.put_encryption_key(part, dek, entries)
+                    return dek, entries
+        dek, cached = hit
+        return dek, list(cached)
+
+    def _generate(self, ctx: dict[str, str]) -> tuple[bytes, list[WrappedKey]]:
         first, rest = self.write_refs[0], self.write_refs[1:]
-        dek, wrapped = self.provider(first.scheme).generate_data_key(first, ctx)
+        self._count("generate_calls")
+        try:
+            dek, wrapped = self.provider(first.scheme).generate_data_key(first, ctx)
+        except Exception:
+            self._count("key_service_errors")
+            raise
         entries = [wrapped]
         for ref in rest:
-            entries.append(self.provider(ref.scheme).wrap(ref, dek, ctx))
+            entries.append(self._wrap(ref, dek, ctx))
         return dek, entries
+
+    def _wrap(self, ref: KeyRef, dek: bytes, ctx: dict[str, str]) -> WrappedKey:
+        self._count("wrap_calls")
+        try:
+            return self.provider(ref.scheme).wrap(ref, dek, ctx)
+        except Exception:
+            self._count("key_service_errors")
+            raise
+
+    def record_plaintext(self, wrapped: list[WrappedKey] | tuple[WrappedKey, ...], nbytes: int) -> None:
+        """An object sealed under the data key of ``wrapped`` is finished
+        with ``nbytes`` of plaintext: counts toward the key's ``max_bytes``."""
+        if self.cache is not None:
+            self.cache.account(wrapped, nbytes)
 
     def rewrap(self, dek: bytes, context: Mapping[str, str], refs: list[KeyRef] | None = None) -> list[WrappedKey]:
         """Wrap an existing data key under ``refs`` (default: the write keys)."""
         ctx = service_context(context)
-        return [self.provider(r.scheme).wrap(r, dek, ctx) for r in (refs or self.write_refs)]
+        return [self._wrap(r, dek, ctx) for r in (refs or self.write_refs)]
 
     # -- read side ---------------------------------------------------------------
     def unwrap(self, header: Header, path: str | None = None) -> tuple[bytes, ObjectKeys]:
@@ -91,7 +193,22 @@ class Keyring:
         ctx = service_context(header.context)
         key_error: EncfsError | None = None
         integrity = False
-        for entry in header.wrapped_keys:
+        cache = self.cache if self.cache is not None and self.cache.limits.max_age > 0 else None
+        if cache is not None:
+            # Any cached entry first: a hit needs no key-service call at all.
+            # Only entries this keyring unwrapped itself (so allowed by its
+            # fixed allow-list) are ever cached; the commitment is checked
+            # on every hit, so a wrapped entry copied from another object
+            # fails exactly as it would at the key service.
+            digests = [wrapped_digest(e, ctx) for e in header.wrapped_keys]
+            for digest in digests:
+                dek = cache.get_decryption_key(digest)
+                if dek is not None:
+                    keys = derive_object_keys(dek, header.object_id, header.suite)
+                    if keys.matches(header.commitment):
+                        return dek, keys
+                    integrity = True
+        for i, entry in enumerate(header.wrapped_keys):
             try:
                 provider = self.provider(entry.provider)
             except ConfigurationError as exc:
@@ -100,7 +217,18 @@ class Keyring:
             try:
                 if not provider.allows(entry, self.read_refs):
                     continue
-                dek = provider.unwrap(entry, ctx)
+                if cache is None:
+                    dek = self._unwrap(provider, entry, ctx)
+                else:
+                    with cache.flight("dec", digests[i]):
+                        # A thread that unwrapped this entry while we waited
+                        # saves us the call.
+                        cached = cache.get_decryption_key(digests[i])
+                        if cached is None:
+                            cache.count_decrypt_miss()
+                            dek = self._unwrap(provider, entry, ctx)
+                        else:
+                            dek = cached
             except IntegrityError:
                 integrity = True
                 continue
@@ -109,6 +237,8 @@ class Keyring:
                 continue
             keys = derive_object_keys(dek, header.object_id, header.suite)
             if keys.matches(header.commitment):
+                if cache is not None:
+                    cache.put_decryption_key(digests[i], dek)
                 return dek, keys
             integrity = True
         if key_error is not None:
@@ -120,3 +250,24 @@ class Keyring:
             f"no root key this filesystem may use can unwrap {path or 'the object'}; it is wrapped under: {names}",
             operation="unwrap",
         )
+
+    def _unwrap(self, provider: KeyProvider, entry: WrappedKey, ctx: dict[str, str]) -> bytes:
+        self._count("unwrap_calls")
+        try:
+            return provider.unwrap(entry, ctx)
+        except Exception:
+            self._count("key_service_errors")
+            raise
+
+
+#: Live keyrings, for the fork hook (weakly held).
+_KEYRINGS: weakref.WeakSet[Keyring] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for keyring in list(_KEYRINGS):
+        keyring._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
