@@ -1,0 +1,204 @@
+"""The copy engine behind ``encfs cp``: plan, then copy in one or many processes.
+
+Each file is copied as a stream (bounded memory whatever its size) and
+becomes visible at the destination only when complete: encrypted
+destinations commit atomically by themselves, plaintext ones are opened with
+``autocommit=False`` and committed after the last byte.
+
+Many files go to worker *processes*, not threads: AES-GCM in ``cryptography``
+holds the GIL, so threads would not use a second core.  Workers are spawned
+(nothing inherited) and rebuild both filesystems from the secret-free
+:class:`~encfs.cli.util.Location` recipes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import multiprocessing
+import posixpath
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fsspec import AbstractFileSystem
+from tqdm import tqdm
+
+from ..errors import ConfigurationError, EncfsError
+from ..fs import EncryptedFileSystem
+from .util import Location
+
+#: Plaintext bytes moved per read/write call (a multiple of the segment size
+#: for encrypted sources, so no segment is decrypted twice).
+CHUNK = 4 * 1024 * 1024
+#: Upper bounds of one batch handed to a worker process: big enough to amortise
+#: inter-process round trips for many small files, small enough to balance.
+BATCH_FILES = 64
+BATCH_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CopyItem:
+    src: str
+    dst: str
+    size: int
+
+
+def _join(base: str, rel: str) -> str:
+    return f"{base.rstrip('/')}/{rel}" if rel else base
+
+
+def _same_object(a: AbstractFileSystem, pa: str, b: AbstractFileSystem, pb: str) -> bool:
+    ta = a.fs if isinstance(a, EncryptedFileSystem) else a
+    tb = b.fs if isinstance(b, EncryptedFileSystem) else b
+    return type(ta) is type(tb) and pa.rstrip("/") == pb.rstrip("/")
+
+
+def plan(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, dst: str, *,
+         dst_is_dir_hint: bool, recursive: bool) -> list[CopyItem]:
+    """The (source, destination, plaintext size) of every file to copy.
+
+    POSIX ``cp`` semantics: an existing destination directory (or one written
+    with a trailing ``/``) receives the source under its own name.
+    """
+    into = dst_is_dir_hint or dst_fs.isdir(dst)
+    if src_fs.isdir(src):
+        if not recursive:
+            raise ConfigurationError(f"{src} is a directory (use -r to copy it)")
+        base = _join(dst, posixpath.basename(src.rstrip("/"))) if into else dst
+        if _same_object(src_fs, src, dst_fs, base) or base.startswith(src.rstrip("/") + "/"):
+            raise ConfigurationError(f"cannot copy {src} into itself")
+        found = src_fs.find(src, detail=True)
+        prefix = src.rstrip("/") + "/"
+        return [CopyItem(p, _join(base, p[len(prefix):]), int(info.get("size") or 0))
+                for p, info in sorted(found.items()) if info.get("type") == "file"]
+    info = src_fs.info(src)  # FileNotFoundError passes through with the path
+    target = _join(dst, posixpath.basename(src)) if into else dst
+    if _same_object(src_fs, src, dst_fs, target):
+        raise ConfigurationError(f"source and destination are the same object: {src}")
+    return [CopyItem(src, target, int(info.get("size") or 0))]
+
+
+def copy_file(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, dst: str,
+              progress: Callable[[int], None] = lambda n: None) -> int:
+    """Stream one file; nothing appears at ``dst`` unless every byte arrived."""
+    parent = posixpath.dirname(dst.rstrip("/"))
+    if parent:
+        dst_fs.makedirs(parent, exist_ok=True)
+    out = dst_fs.open(dst, "wb", autocommit=False)
+    total = 0
+    try:
+        if isinstance(src_fs, EncryptedFileSystem):
+            # Segment-aligned reads straight from the authenticated reader.
+            reader = src_fs.reader(src)
+            step = max(1, CHUNK // reader.segment_size) * reader.segment_size
+            for pos in range(0, reader.size, step):
+                chunk = reader.read(pos, pos + step)
+                out.write(chunk)
+                total += len(chunk)
+                progress(len(chunk))
+        else:
+            with src_fs.open(src, "rb") as f:
+                while chunk := f.read(CHUNK):
+                    out.write(chunk)
+                    total += len(chunk)
+                    progress(len(chunk))
+        out.close()
+        out.commit()
+    except BaseException:
+        # Drop the partial write; close a local temp file's handle too (its
+        # ``discard`` removes the file but leaves the descriptor to the GC).
+        with contextlib.suppress(Exception):
+            out.discard()
+        with contextlib.suppress(Exception):
+            handle = getattr(out, "f", None)
+            if handle is not None:
+                handle.close()
+        raise
+    return total
+
+
+# -- worker processes -----------------------------------------------------------
+_worker_fs: tuple[AbstractFileSystem, AbstractFileSystem] | None = None
+
+
+def _worker_init(src: Location, dst: Location) -> None:
+    global _worker_fs
+    _worker_fs = (src.connect()[0], dst.connect()[0])
+
+
+def _worker_copy(batch: list[tuple[str, str]]) -> tuple[int, int, str | None]:
+    """Copy a batch; return (files done, bytes, error line or None).
+
+    Errors come back as text: encfs exceptions do not all survive pickling
+    with their message intact, and the parent only needs the line to print.
+    """
+    from .main import _one_line
+
+    assert _worker_fs is not None
+    src_fs, dst_fs = _worker_fs
+    done = nbytes = 0
+    for s, d in batch:
+        try:
+            nbytes += copy_file(src_fs, s, dst_fs, d)
+        except Exception as exc:
+            return done, nbytes, f"{s}: {_one_line(exc)}"
+        done += 1
+    return done, nbytes, None
+
+
+def _batches(items: list[CopyItem], jobs: int) -> list[list[CopyItem]]:
+    per = max(1, min(BATCH_FILES, -(-len(items) // (jobs * 4))))
+    out: list[list[CopyItem]] = []
+    cur: list[CopyItem] = []
+    cur_bytes = 0
+    for it in items:
+        cur.append(it)
+        cur_bytes += it.size
+        if len(cur) >= per or cur_bytes >= BATCH_BYTES:
+            out.append(cur)
+            cur, cur_bytes = [], 0
+    if cur:
+        out.append(cur)
+    return out
+
+
+def run(items: list[CopyItem], src: Location, dst: Location, src_fs: AbstractFileSystem,
+        dst_fs: AbstractFileSystem, *, jobs: int, progress: bool) -> tuple[int, int]:
+    """Copy ``items``; return (files, plaintext bytes).  Raises on the first failure."""
+    total = sum(it.size for it in items)
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+               disable=not progress, desc="encfs cp", dynamic_ncols=True)
+    try:
+        if jobs <= 1 or len(items) <= 1:
+            nbytes = 0
+            for it in items:
+                nbytes += copy_file(src_fs, it.src, dst_fs, it.dst, bar.update)
+            return len(items), nbytes
+        return _run_parallel(items, src, dst, jobs, bar)
+    except BaseException:
+        bar.leave = False  # an error line follows; do not leave a half bar above it
+        raise
+    finally:
+        bar.close()
+
+
+def _run_parallel(items: list[CopyItem], src: Location, dst: Location, jobs: int, bar: tqdm) -> tuple[int, int]:
+    batches = _batches(items, jobs)
+    ctx = multiprocessing.get_context("spawn")
+    files = nbytes = 0
+    with cf.ProcessPoolExecutor(max_workers=min(jobs, len(batches)), mp_context=ctx,
+                                initializer=_worker_init, initargs=(src, dst)) as pool:
+        futures = [pool.submit(_worker_copy, [(it.src, it.dst) for it in b]) for b in batches]
+        try:
+            for fut in cf.as_completed(futures):
+                done, n, error = fut.result()
+                files += done
+                nbytes += n
+                bar.update(n)
+                if error is not None:
+                    raise EncfsError(f"copy stopped after {files} of {len(items)} files: {error}")
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return files, nbytes

@@ -1,0 +1,237 @@
+"""File commands: ``encfs cp``, ``cat``, ``ls``, ``info`` and ``verify``.
+
+``cp`` takes either side plain or ``enc::``; the others name encrypted
+objects, with or without the ``enc::`` prefix (see util.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from ..errors import EncfsError
+from ..format import PATH_KEY, plaintext_size, segment_count
+from ..fs import EncryptedFileSystem
+from . import copying
+from .main import _one_line, cli
+from .util import Location, human_size, key_options, location, parse_options
+
+#: Plaintext bytes authenticated per request by ``verify``.
+VERIFY_WINDOW = 8 * 1024 * 1024
+
+
+def _enc(url: str, keys: tuple[str, ...], keystore: str | None, options: tuple[str, ...]
+         ) -> tuple[EncryptedFileSystem, str, Location]:
+    loc = location(url, force_encrypted=True, keys=keys, keystore=keystore, options=parse_options(options))
+    fs, path = loc.connect()
+    assert isinstance(fs, EncryptedFileSystem)
+    return fs, path, loc
+
+
+# -- cp ---------------------------------------------------------------------------
+@cli.command()
+@click.argument("src")
+@click.argument("dst")
+@click.option("-r", "--recursive", is_flag=True, help="Copy directories and everything below them.")
+@click.option("-j", "--jobs", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Worker processes for many files (0 = one per CPU).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+@key_options
+def cp(src: str, dst: str, recursive: bool, jobs: int, quiet: bool, progress: bool | None, keys: tuple[str, ...],
+       keystore: str | None, options: tuple[str, ...]) -> None:
+    """Copy SRC to DST; a side written enc::URL is encrypted, a plain path or URL is not.
+
+    \b
+      encfs cp -r ./raw enc::s3://lake/raw          encrypt a folder
+      encfs cp enc::file:///data/x.parquet x.parquet decrypt one object
+      encfs cp -r -j 4 enc::./a enc::s3://b/a       re-encrypt (new data keys, --key)
+    """
+    opts = parse_options(options)
+    src_loc = location(src, keys=keys, keystore=keystore, options=opts)
+    dst_loc = location(dst, keys=keys, keystore=keystore, options=opts)
+    src_fs, src_path = src_loc.connect()
+    dst_fs, dst_path = dst_loc.connect()
+    items = copying.plan(src_fs, src_path, dst_fs, dst_path, dst_is_dir_hint=dst_loc.dir_hint, recursive=recursive)
+    jobs = jobs or os.cpu_count() or 1
+    if progress is None:
+        progress = sys.stderr.isatty()
+    files, nbytes = copying.run(items, src_loc, dst_loc, src_fs, dst_fs, jobs=jobs, progress=progress and not quiet)
+    if not quiet:
+        click.echo(f"copied {files} file{'s' if files != 1 else ''} ({human_size(nbytes)})", err=True)
+
+
+# -- cat ----------------------------------------------------------------------------
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@key_options
+def cat(paths: tuple[str, ...], keys: tuple[str, ...], keystore: str | None, options: tuple[str, ...]) -> None:
+    """Decrypt objects to stdout (binary safe; each segment authenticated first)."""
+    out = click.get_binary_stream("stdout")
+    for url in paths:
+        fs, path, _ = _enc(url, keys, keystore, options)
+        reader = fs.reader(path)
+        step = max(1, copying.CHUNK // reader.segment_size) * reader.segment_size
+        for pos in range(0, reader.size, step):
+            out.write(reader.read(pos, pos + step))
+    out.flush()
+
+
+# -- ls -------------------------------------------------------------------------------
+@cli.command(name="ls")
+@click.argument("url", metavar="PATH")
+@click.option("-l", "--long", "long_", is_flag=True, help="Type, plaintext size, encrypted size and name.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable listing.")
+@key_options
+def ls_cmd(url: str, long_: bool, as_json: bool, keys: tuple[str, ...], keystore: str | None,
+           options: tuple[str, ...]) -> None:
+    """List encrypted objects with their plaintext sizes (no object is opened)."""
+    fs, path, _ = _enc(url, keys, keystore, options)
+    entries = sorted(fs.ls(path, detail=True), key=lambda e: e["name"])
+    if as_json:
+        rows = [{"name": e["name"], "type": e.get("type"), "size": e.get("size"),
+                 "encrypted_size": e.get("encrypted_size"), "encfs": e.get("encfs_valid", True)}
+                for e in entries]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for e in entries:
+        name = e["name"] + ("/" if e.get("type") == "directory" else "")
+        if not long_:
+            click.echo(name)
+        elif e.get("type") != "file":
+            click.echo(f"{'dir':4} {'-':>14} {'-':>14}  {name}")
+        elif e.get("encfs_valid") is False:
+            click.echo(f"{'file':4} {'?':>14} {e.get('encrypted_size', 0):>14}  {name}  (not an encfs object)")
+        else:
+            click.echo(f"{'file':4} {e['size']:>14} {e.get('encrypted_size', 0):>14}  {name}")
+
+
+# -- info -----------------------------------------------------------------------------
+def describe_object(fs: EncryptedFileSystem, path: str) -> dict[str, Any]:
+    """What ``encfs info`` reports: the header's public fields, sizes, and
+    whether the header authenticates.  Nothing secret: no data key, no
+    wrapped key blobs, no commitment or MAC.
+
+    The header is parsed first and shown even if it cannot be authenticated
+    (say the key is disabled: which key wraps it is exactly what one wants to
+    know then); ``authenticated`` says whether it could.
+    """
+    header = fs.header(path)  # FormatError for anything that is not ours
+    ct_size = int(fs.fs.size(fs._target_path(path)))
+    size = plaintext_size(ct_size, header.segment_size, header.header_region)
+    info: dict[str, Any] = {
+        "path": fs._target_path(path),
+        "format_version": header.version,
+        "suite": header.suite,
+        "suite_name": header.suite_name,
+        "segment_size": header.segment_size,
+        "header_region": header.header_region,
+        "object_id": header.object_id.hex(),
+        "plaintext_size": size,
+        "encrypted_size": ct_size,
+        "segments": segment_count(size, header.segment_size) if size is not None else None,
+        "wrapped_keys": [
+            {"uri": f"{w.provider}://{w.key_id}", "provider": w.provider, "key_id": w.key_id, "version": w.version}
+            for w in header.wrapped_keys
+        ],
+        "context": dict(header.context),
+        "bound_path": header.context.get(PATH_KEY),
+    }
+    try:
+        # Unwraps the data key, checks commitment, MAC, bound path and the
+        # final segment (which proves the size).
+        fs.reader(path)
+        info["authenticated"] = True
+    except EncfsError as exc:
+        info["authenticated"] = False
+        info["authentication_error"] = _one_line(exc)
+    return info
+
+
+def format_info(info: dict[str, Any]) -> list[str]:
+    size = info["plaintext_size"]
+    lines = [
+        f"path            {info['path']}",
+        f"format          ENCF v{info['format_version']}",
+        f"suite           {info['suite']} ({info['suite_name']})",
+        f"segment size    {info['segment_size']} bytes",
+        f"object id       {info['object_id']}",
+        f"plaintext size  {size if size is not None else 'invalid (truncated or extended)'}"
+        + (f" ({human_size(size)})" if size else ""),
+        f"encrypted size  {info['encrypted_size']} ({info['segments']} segments + {info['header_region']}-byte header)"
+        if info["segments"] is not None else f"encrypted size  {info['encrypted_size']}",
+        "wrapped keys    " + "\n                ".join(
+            f"{w['uri']} (version {w['version']})" for w in info["wrapped_keys"]),
+        "context         " + "\n                ".join(f"{k} = {v}" for k, v in sorted(info["context"].items())),
+    ]
+    if info["authenticated"]:
+        lines.append("authenticated   yes (key commitment, header MAC, bound path, final segment)")
+    else:
+        lines.append(f"authenticated   NO: {info['authentication_error']}")
+    return lines
+
+
+@cli.command()
+@click.argument("url", metavar="PATH")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@key_options
+def info(url: str, as_json: bool, keys: tuple[str, ...], keystore: str | None, options: tuple[str, ...]) -> None:
+    """Show an encrypted object's header: format, suite, segment size, object id,
+    sizes, key ids and versions, encryption context.  Never any key material."""
+    fs, path, _ = _enc(url, keys, keystore, options)
+    report = describe_object(fs, path)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        click.echo("\n".join(format_info(report)))
+
+
+# -- verify ----------------------------------------------------------------------------
+def verify_object(fs: EncryptedFileSystem, path: str) -> int:
+    """Authenticate every segment of one object; return its plaintext size."""
+    reader = fs.reader(path)
+    step = max(1, VERIFY_WINDOW // reader.segment_size) * reader.segment_size
+    for pos in range(0, reader.size, step):
+        reader.read(pos, pos + step)
+    return reader.size
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@key_options
+def verify(paths: tuple[str, ...], keys: tuple[str, ...], keystore: str | None, options: tuple[str, ...]) -> None:
+    """Authenticate whole objects (directories recursively).
+
+    Prints OK or FAILED per object; exits 0 only if every object passed, 1 if
+    any failed or a path does not exist.
+    """
+    ok = failed = 0
+    for url in paths:
+        fs, path, _ = _enc(url, keys, keystore, options)
+        try:
+            targets = fs.find(path) if fs.isdir(path) else [path]
+        except Exception as exc:  # a listing failure counts as a failed path
+            targets, error = [], _one_line(exc)
+            click.echo(f"FAILED  {path}: {error}")
+            failed += 1
+        if not targets and fs.isdir(path):
+            click.echo(f"(no objects under {path})")
+        for target in targets:
+            try:
+                if not fs.exists(target):
+                    raise FileNotFoundError(2, "no such file", target)
+                size = verify_object(fs, target)
+            except Exception as exc:
+                click.echo(f"FAILED  {target}: {_one_line(exc)}")
+                failed += 1
+            else:
+                click.echo(f"OK      {target} ({human_size(size)})")
+                ok += 1
+    click.echo(f"{ok} ok, {failed} failed")
+    if failed:
+        raise SystemExit(1)

@@ -1,0 +1,130 @@
+"""Shared helpers of the file commands: from a path argument to a filesystem.
+
+The rule every command follows: a plain path or URL (``./data``,
+``s3://bucket/key``) names plaintext, ``enc::<url>`` names encrypted objects
+stored at ``<url>``.  Commands that only make sense on encrypted objects
+(``cat``, ``ls``, ``info``, ``verify``) treat a plain path as ``enc::<path>``.
+
+A :class:`Location` is the picklable recipe for a filesystem: the URL plus
+secret-free options (key URIs, keystore directory, target options).  Worker
+processes of ``encfs cp --jobs`` rebuild their filesystems from it, so no key
+material ever crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+from fsspec import AbstractFileSystem
+from fsspec.core import url_to_fs
+
+from ..errors import ConfigurationError
+
+ENC_PREFIX = "enc::"
+#: Option names the ``enc`` layer accepts from ``-o enc.NAME=VALUE``.  Keys are
+#: given with --key, the keystore with --keystore, so they are not listed.
+ENC_OPTIONS = frozenset({"decrypt_keys", "context", "segment_size", "providers", "bind_path", "read_block_size"})
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def is_encrypted_url(url: str) -> bool:
+    return url.startswith(ENC_PREFIX)
+
+
+def parse_options(pairs: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """``["s3.endpoint_url=http://...", "enc.segment_size=1048576"]`` →
+    ``{"s3": {"endpoint_url": ...}, "enc": {"segment_size": 1048576}}``.
+
+    Values are read as JSON when they parse (numbers, booleans, objects),
+    otherwise kept as strings.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        proto, dot, opt = name.partition(".")
+        if not sep or not dot or not proto or not opt:
+            raise click.BadParameter(f"{pair!r} is not PROTOCOL.NAME=VALUE", param_hint="'-o'")
+        if proto == "enc" and opt not in ENC_OPTIONS:
+            raise click.BadParameter(
+                f"unknown enc option {opt!r} (known: {', '.join(sorted(ENC_OPTIONS))}; keys go in --key)",
+                param_hint="'-o'",
+            )
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(proto, {})[opt] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Location:
+    """A path argument resolved to "plaintext or encrypted" plus its options."""
+
+    url: str
+    encrypted: bool
+    keys: tuple[str, ...] = ()
+    keystore: str | None = None
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def dir_hint(self) -> bool:
+        """The argument ended with ``/``: it names a directory to copy into."""
+        return self.url.endswith("/")
+
+    def connect(self) -> tuple[AbstractFileSystem, str]:
+        """Build (or reuse) the filesystem and return it with the path on it."""
+        if not self.encrypted:
+            proto = self.url.split("://", 1)[0] if "://" in self.url else "file"
+            return url_to_fs(self.url, **self.options.get(proto, {}))
+        inner = self.url[len(ENC_PREFIX) :] if is_encrypted_url(self.url) else self.url
+        if "://" not in inner:
+            # A bare path: fsspec would read a single word in a chain
+            # ("enc::data") as a protocol name, so make it an explicit URL.
+            trail = "/" if inner.endswith("/") else ""
+            inner = "file://" + os.path.abspath(os.path.expanduser(inner)) + trail
+        proto = inner.split("://", 1)[0]
+        enc_kwargs: dict[str, Any] = dict(self.options.get("enc", {}))
+        if self.keys:
+            enc_kwargs["key"] = list(self.keys)
+        if self.keystore:
+            enc_kwargs["keystore"] = self.keystore
+        layer = {proto: self.options[proto]} if proto in self.options else {}
+        return url_to_fs(ENC_PREFIX + inner, **enc_kwargs, **layer)
+
+
+def location(url: str, *, force_encrypted: bool = False, keys: Sequence[str] = (), keystore: str | None = None,
+             options: dict[str, dict[str, Any]] | None = None) -> Location:
+    if not url:
+        raise ConfigurationError("empty path")
+    encrypted = force_encrypted or is_encrypted_url(url)
+    return Location(url=url, encrypted=encrypted, keys=tuple(keys), keystore=keystore, options=dict(options or {}))
+
+
+def key_options(func: F) -> F:
+    """The options every command that touches encrypted objects takes."""
+    func = click.option("-o", "--option", "options", multiple=True, metavar="PROTO.NAME=VALUE",
+                        help="Storage option for one layer, e.g. s3.endpoint_url=http://127.0.0.1:5000 "
+                             "or enc.segment_size=1048576 (values parsed as JSON when possible).")(func)
+    func = click.option("--keystore", metavar="DIR", default=None,
+                        help="Local keystore directory (default $ENCFS_HOME or ~/.encfs).")(func)
+    func = click.option("-k", "--key", "keys", multiple=True, metavar="URI", envvar="ENCFS_KEY",
+                        help="Root key URI for writing, e.g. local://default, aws-kms://alias/lake, "
+                             "pkcs11://token/label; repeat to wrap under several keys "
+                             "(default local://default; env ENCFS_KEY).")(func)
+    return func
+
+
+def human_size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
