@@ -50,15 +50,29 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+#: click >= 8.2 raises this for a bare group; older clicks print help themselves.
+_NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 def main(argv: list[str] | None = None) -> None:
     _load_commands()
     try:
-        cli.main(args=argv, prog_name="encfs", standalone_mode=False)
+        # Without standalone mode click *returns* the code of ctx.exit(n).
+        rc = cli.main(args=argv, prog_name="encfs", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except click.exceptions.Abort:
         click.echo("encfs: aborted", err=True)
         sys.exit(130)
+    except _NO_ARGS_IS_HELP as exc:
+        exc.show()  # bare `encfs` / `encfs keys`: the help text is the answer
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        # Usage errors too are one line (click's own format spans four).
+        text = (exc.format_message().strip().splitlines() or [type(exc).__name__])[0]
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if isinstance(exc, click.UsageError) and ctx else ""
+        click.echo(f"encfs: error: {text.rstrip('.') if hint else text}{hint}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
