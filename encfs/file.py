@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -109,7 +110,12 @@ class ObjectReader:
         """Plaintext of ``segs`` (contiguous), fetching missing ones in one request."""
         if not segs:
             return []
-        out: dict[int, bytes] = {i: self._cache[i] for i in segs if i in self._cache}
+        # .get, not "in" then [], so a concurrent eviction cannot KeyError.
+        out: dict[int, bytes] = {}
+        for i in segs:
+            cached = self._cache.get(i)
+            if cached is not None:
+                out[i] = cached
         missing = [i for i in segs if i not in out]
         if missing:
             lo, hi = missing[0], missing[-1]
@@ -208,6 +214,9 @@ class EncryptedWriteFile(io.IOBase):
                                keys=keys, wrapped_keys=wrapped)
         self._cipher = SegmentCipher(keys.body_key)
         del _dek, keys
+        # Public wrapped entries name the data key when the size is reported
+        # at close (the cache's max-bytes-per-data-key limit, docs/CACHE.md).
+        self._wrapped = wrapped
         self._sink = sink or open_sink(efs.fs, path, exclusive)
         self._sink.write(header)
         self._buf = bytearray()
@@ -215,6 +224,10 @@ class EncryptedWriteFile(io.IOBase):
         self._written = 0
         self._finished = False
         self._committed = False
+        self._discarded = False
+        # An exception already being handled when the file was opened is not
+        # a reason to discard it at close (see close()).
+        self._exc_at_open = sys.exc_info()[1]
 
     def __repr__(self) -> str:
         return f"<EncryptedWriteFile {self.path!r} mode={self.mode!r}>"
@@ -273,9 +286,18 @@ class EncryptedWriteFile(io.IOBase):
             self._seal(bytes(self._buf), True)
             self._buf.clear()
             self._finished = True
+            self.fs.keyring.record_plaintext(self._wrapped, self._written)
 
     def close(self) -> None:
         if self.closed:
+            return
+        exc = sys.exc_info()[1]
+        if exc is not None and exc is not self._exc_at_open:
+            # close() runs while an exception raised since open() unwinds:
+            # fsspec's OpenFile.__exit__ and pandas' handle cleanup close the
+            # file without passing the exception on, and committing here
+            # would publish a truncated object.  Drop the write instead.
+            self.discard()
             return
         try:
             self._finish()
@@ -289,7 +311,9 @@ class EncryptedWriteFile(io.IOBase):
 
     def commit(self) -> None:
         """Make the object visible (called by close, or by the transaction)."""
-        if self._committed:
+        if self._committed or self._discarded:
+            # A write discarded inside a transaction (its exception was caught
+            # and the transaction went on) stays discarded.
             return
         self._finish()
         self._sink.commit()
@@ -299,6 +323,7 @@ class EncryptedWriteFile(io.IOBase):
         """Drop everything written; nothing appears at the destination."""
         if not self._committed and not self._sink.done:
             self._sink.discard()
+        self._discarded = not self._committed
         self._buf.clear()
         self._finished = True
         if not self.closed:

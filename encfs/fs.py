@@ -13,29 +13,63 @@ to workers in clear.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 from fsspec import filesystem
+from fsspec.callbacks import DEFAULT_CALLBACK
 from fsspec.implementations.chained import ChainedFileSystem
+from fsspec.utils import isfilelike
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, IntegrityError
 from .file import EncryptedReadFile, EncryptedWriteFile, ObjectReader, read_header
 from .format import (
     HEADER_REGION,
     PATH_KEY,
     check_segment_size,
-    derive_object_keys,
     encode_header,
     plaintext_size,
 )
 from .format.context import RESERVED_PREFIX
 from .format.layout import DEFAULT_SEGMENT
 from .keyring import Keyring
-from .sinks import TEMP_MARK, open_sink
+from .sinks import TEMP_MARK, Sink, open_sink
 
 #: Bytes of body copied per request when re-binding an object (cp/mv).
 COPY_CHUNK = 8 * 1024 * 1024
+
+
+def _read_range(reader: ObjectReader, start: int | None, end: int | None) -> bytes:
+    """``reader.read`` with fsspec's conventions: ``None`` ends, negative
+    offsets counted from the end of the plaintext."""
+    size = reader.size
+    if start is None:
+        start = 0
+    elif start < 0:
+        start = max(0, size + start)
+    if end is not None and end < 0:
+        end = max(0, size + end)
+    return reader.read(start, end)
+
+
+class _PendingSink:
+    """A finished copy waiting for its transaction (fsspec calls
+    ``commit``/``discard`` on everything in ``transaction.files``)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def __repr__(self) -> str:
+        return f"<pending encfs copy to {self.sink.path!r}>"
+
+    def commit(self) -> None:
+        self.sink.commit()
+
+    def discard(self) -> None:
+        self.sink.discard()
 
 
 class EncryptedFileSystem(ChainedFileSystem):
@@ -66,6 +100,12 @@ class EncryptedFileSystem(ChainedFileSystem):
     bind_path:
         Check that an object sits at the path it was written for (default
         True; objects are always written with their path bound).
+    cache:
+        Data-key cache (docs/CACHE.md): ``True`` (default limits), ``False``
+        (off: one key-service call per object written or read), or a mapping
+        overriding limits: ``max_age`` (seconds, 300; 0 disables reuse),
+        ``max_objects`` (per data key, 10000), ``max_bytes`` (plaintext per
+        data key, 2**36), ``max_entries`` (1000), ``max_key_bytes`` (65536).
     """
 
     protocol = "enc"
@@ -87,6 +127,7 @@ class EncryptedFileSystem(ChainedFileSystem):
         providers: Mapping[str, Mapping[str, Any]] | None = None,
         bind_path: bool = True,
         read_block_size: int | None = None,
+        cache: bool | Mapping[str, Any] = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -107,7 +148,11 @@ class EncryptedFileSystem(ChainedFileSystem):
         options = {k: dict(v) for k, v in (providers or {}).items()}
         if keystore is not None:
             options.setdefault("local", {})["home"] = keystore
-        self.keyring = Keyring(key, decrypt_keys=decrypt_keys, provider_options=options)
+        self.keyring = Keyring(key, decrypt_keys=decrypt_keys, provider_options=options, cache=cache)
+
+    def cache_stats(self) -> dict[str, Any]:
+        """Data-key cache counters and key-service calls (see Keyring.stats)."""
+        return self.keyring.stats()
 
     def __repr__(self) -> str:
         keys = [str(r) for r in self.keyring.write_refs]
@@ -126,7 +171,24 @@ class EncryptedFileSystem(ChainedFileSystem):
         return path
 
     def _target_path(self, path: str) -> str:
-        return self.fs._strip_protocol(self._strip_protocol(path))
+        """Map an enc path to the target's path.
+
+        A trailing "/" is kept: for object stores it is what distinguishes a
+        directory marker ("dir/") from an object ("dir"), and the target
+        strips it itself where it does not matter.
+        """
+        path = self._strip_protocol(path)
+        mapped = self.fs._strip_protocol(path)
+        if path.endswith("/") and mapped and not mapped.endswith("/"):
+            mapped += "/"
+        return mapped
+
+    def unstrip_protocol(self, name: str) -> str:
+        # A full URL must name the target too, or reopening it (as dask does
+        # from ``fs.unstrip_protocol(path)``) would land on the default target.
+        if name.startswith(f"{self.protocol}::"):
+            return name
+        return f"{self.protocol}::{self.fs.unstrip_protocol(name)}"
 
     def _bound_path(self, path: str) -> str:
         """The path bound into headers: the target's canonical path."""
@@ -211,16 +273,13 @@ class EncryptedFileSystem(ChainedFileSystem):
             return EncryptedReadFile(self, tpath, mode, block_size=block_size, cache_options=cache_options, **kwargs)
         if mode in ("wb", "xb"):
             return EncryptedWriteFile(self, tpath, mode, autocommit=autocommit)
-        raise ValueError(f"encfs supports modes rb, wb and xb (and their text forms), not {mode!r}")
+        raise ValueError(
+            f"encfs opens objects with modes 'rb', 'wb' or 'xb' (or their text forms), not {mode!r}: "
+            "an encrypted object is sealed as a whole, so it cannot be appended to or modified in place"
+        )
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
-        reader = ObjectReader(self, self._target_path(path))
-        size = reader.size
-        if start is not None and start < 0:
-            start = max(0, size + start)
-        if end is not None and end < 0:
-            end = max(0, size + end)
-        return reader.read(start or 0, end)
+        return _read_range(ObjectReader(self, self._target_path(path)), start, end)
 
     def reader(self, path: str) -> ObjectReader:
         """An authenticated random-access reader (public for tools and CLI)."""
@@ -233,7 +292,9 @@ class EncryptedFileSystem(ChainedFileSystem):
 
     # -- writing -------------------------------------------------------------------
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
-        with self._open(path, "xb" if mode == "create" else "wb") as f:
+        # Through open(), not _open(): open() is what enrols the file in a
+        # running transaction.
+        with self.open(path, "xb" if mode == "create" else "wb", **kwargs) as f:
             f.write(value)
 
     def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:
@@ -246,7 +307,10 @@ class EncryptedFileSystem(ChainedFileSystem):
         """Copy an encrypted object, re-binding its header to the new path.
 
         The body is copied as ciphertext: only the header is rewritten (same
-        object id and wrapped keys, new context, new MAC).
+        object id and wrapped keys, new context, new MAC), so the key service
+        is asked to unwrap once and no segment is re-encrypted.  ``mv`` is
+        this copy followed by ``rm``.  Inside a transaction the copy becomes
+        visible when the transaction commits.
         """
         src, dst = self._target_path(path1), self._target_path(path2)
         if self.fs.isdir(src):
@@ -255,20 +319,17 @@ class EncryptedFileSystem(ChainedFileSystem):
         ct_size = int(self.fs.size(src))
         header = read_header(self, src, self.fs.cat_file(src, start=0, end=HEADER_REGION))
         dek, keys = self.keyring.unwrap(header, src)
+        del dek
         header.verify(keys, src)
         if self.bind_path and header.context.get(PATH_KEY) != self._bound_path(src):
-            from .errors import IntegrityError
-
             raise IntegrityError(src)
         if plaintext_size(ct_size, header.segment_size, header.header_region) is None:
-            from .errors import IntegrityError
-
             raise IntegrityError(src)
         new_context = {**header.context, PATH_KEY: self._bound_path(dst)}
         new_header = encode_header(segment_size=header.segment_size, object_id=header.object_id,
-                                   context=new_context, keys=derive_object_keys(dek, header.object_id, header.suite),
-                                   wrapped_keys=header.wrapped_keys, suite=header.suite)
-        del dek, keys
+                                   context=new_context, keys=keys, wrapped_keys=header.wrapped_keys,
+                                   suite=header.suite)
+        del keys
         sink = open_sink(self.fs, dst, exclusive=kwargs.get("mode") == "create")
         try:
             sink.write(new_header)
@@ -277,7 +338,74 @@ class EncryptedFileSystem(ChainedFileSystem):
                 end = min(pos + COPY_CHUNK, ct_size)
                 sink.write(self.fs.cat_file(src, start=pos, end=end))
                 pos = end
-            sink.commit()
+            if self._intrans:
+                self.transaction.files.append(_PendingSink(sink))
+            else:
+                sink.commit()
         except BaseException:
             sink.discard()
             raise
+
+    def cat_ranges(self, paths: list[str], starts: Any, ends: Any, max_gap: Any = None,
+                   on_error: str = "return", **kwargs: Any) -> list[Any]:
+        """Several ranges, opening (and authenticating the header of) each
+        object once rather than once per range."""
+        if max_gap is not None:
+            raise NotImplementedError("encfs reads whole segments already; max_gap is not supported")
+        if not isinstance(paths, list):
+            raise TypeError("paths must be a list")
+        n = len(paths)
+        starts = [starts] * n if not isinstance(starts, list) else starts
+        ends = [ends] * n if not isinstance(ends, list) else ends
+        if len(starts) != n or len(ends) != n:
+            raise ValueError("paths, starts and ends must have the same length")
+        readers: dict[str, ObjectReader | BaseException] = {}
+        out: list[Any] = []
+        for path, start, end in zip(paths, starts, ends):
+            try:
+                reader = readers.get(path)
+                if reader is None:
+                    try:
+                        reader = readers[path] = self.reader(path)
+                    except Exception as exc:
+                        readers[path] = exc
+                        raise
+                elif isinstance(reader, BaseException):
+                    raise reader
+                out.append(_read_range(reader, start, end))
+            except Exception as exc:
+                if on_error != "return":
+                    raise
+                out.append(exc)
+        return out
+
+    def get_file(self, rpath: str, lpath: Any, callback: Any = DEFAULT_CALLBACK, outfile: Any = None,
+                 **kwargs: Any) -> None:
+        """Decrypt one object into a local file, all or nothing.
+
+        The plaintext goes to a hidden temp file that replaces ``lpath`` only
+        once the whole object has authenticated, so a failed read never
+        leaves a truncated plaintext file that looks complete.
+        """
+        if isfilelike(lpath) or outfile is not None:
+            return super().get_file(rpath, lpath, callback=callback, outfile=outfile, **kwargs)
+        if self.isdir(rpath):
+            os.makedirs(lpath, exist_ok=True)
+            return None
+        lpath = os.fspath(lpath)
+        parent = os.path.dirname(os.path.abspath(lpath))
+        os.makedirs(parent, exist_ok=True)
+        with self.open(rpath, "rb", **kwargs) as src:
+            fd, temp = tempfile.mkstemp(prefix="." + os.path.basename(lpath) + TEMP_MARK, dir=parent)
+            try:
+                with os.fdopen(fd, "wb") as dst:
+                    callback.set_size(getattr(src, "size", None))
+                    while data := src.read(self.blocksize):
+                        dst.write(data)
+                        callback.relative_update(len(data))
+                os.replace(temp, lpath)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+                raise
+        return None
