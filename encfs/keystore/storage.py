@@ -3,14 +3,21 @@
 Writes are atomic (temp file in the same directory, fsync, rename, fsync of
 the directory) so a crash at any point leaves either the old or the new file,
 never a torn one.  Read-modify-write cycles hold an exclusive ``flock`` on a
-side lock file so concurrent processes never lose each other's updates.  The
-previous good version is kept as ``<name>.bak`` for recovery.
+side lock file so concurrent processes never lose each other's updates.
+
+Corruption (a bad disk block, a hand edit, a truncated copy) is detected by
+a SHA-256 ``checksum`` field over the canonical JSON of the rest of the
+document, on top of JSON and shape checks.  Every successful write is also
+copied to ``<name>.bak`` (after the main file, so the backup is always a
+complete good document, at most one write behind after a crash) and
+``encfs keys recover`` restores it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import tempfile
@@ -71,11 +78,20 @@ class JsonFileStore:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
+    @staticmethod
+    def checksum(doc: dict[str, Any]) -> str:
+        body = {k: v for k, v in doc.items() if k != "checksum"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
     def _parse(self, path: Path) -> dict[str, Any]:
         raw = path.read_bytes()
         doc = json.loads(raw.decode("utf-8"))
         if not isinstance(doc, dict):
             raise ValueError("top level is not an object")
+        if "checksum" in doc and doc["checksum"] != self.checksum(doc):
+            raise ValueError("checksum mismatch")
+        if not isinstance(doc.get("keys", {}), dict) or not isinstance(doc.get("aliases", {}), dict):
+            raise ValueError("keys or aliases is not an object")
         return doc
 
     def read(self) -> dict[str, Any] | None:
@@ -86,7 +102,7 @@ class JsonFileStore:
             return self._parse(self.path)
         except (ValueError, UnicodeDecodeError) as exc:
             hint = f"; a backup exists at {self.backup} (run 'encfs keys recover')" if self.backup.exists() else ""
-            raise KeystoreError(f"keystore file {self.path} is corrupted ({type(exc).__name__}){hint}") from None
+            raise KeystoreError(f"keystore file {self.path} is corrupted ({_why(exc)}){hint}") from None
 
     def read_backup(self) -> dict[str, Any]:
         try:
@@ -97,14 +113,17 @@ class JsonFileStore:
             raise KeystoreError(f"keystore backup {self.backup} is corrupted too") from None
 
     def write(self, doc: dict[str, Any]) -> None:
-        """Replace the document (caller holds :meth:`locked`); keep a backup."""
+        """Replace the document (caller holds :meth:`locked`), then its backup."""
         ensure_private_dir(self.path.parent)
+        doc["checksum"] = self.checksum(doc)
         data = json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
-        if self.path.exists():
-            try:
-                self._parse(self.path)
-            except (ValueError, UnicodeDecodeError):
-                pass  # never overwrite the good backup with a corrupted file
-            else:
-                atomic_write_bytes(self.backup, self.path.read_bytes())
         atomic_write_bytes(self.path, data)
+        atomic_write_bytes(self.backup, data)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON at line {exc.lineno}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return str(exc)
