@@ -132,6 +132,10 @@ class KeyProvider(ABC):
     def rotation_status(self, ref: KeyRef) -> dict[str, Any]:
         self._unsupported("rotation status")
 
+    def set_rotation(self, ref: KeyRef, enabled: bool, period_days: int | None = None) -> dict[str, Any]:
+        """Turn automatic rotation on (every ``period_days``) or off; return rotation_status."""
+        self._unsupported("automatic rotation")
+
     def schedule_deletion(self, ref: KeyRef, days: int = 30) -> KeyInfo:
         self._unsupported("scheduled deletion")
 
