@@ -227,6 +227,19 @@ class EncryptedFileSystem(ChainedFileSystem):
         out = {k: self._plain_info(v) for k, v in found.items() if not self._hidden(k)}
         return out if detail else sorted(out)
 
+    def du(self, path: str, total: bool = True, maxdepth: int | None = None, withdirs: bool = False,
+           **kwargs: Any) -> Any:
+        # fsspec's du asks info() once per file; the detailed find already
+        # has every size.
+        sizes: dict[str, int] = {}
+        if withdirs and self.isdir(path):
+            info = self.info(path)
+            sizes[info["name"]] = info.get("size") or 0
+        found = self.find(path, maxdepth=maxdepth, withdirs=withdirs, detail=True, **kwargs)
+        for name, info in found.items():
+            sizes[name] = info.get("size") or 0
+        return sum(sizes.values()) if total else sizes
+
     def exists(self, path: str, **kwargs: Any) -> bool:
         return self.fs.exists(self._target_path(path), **kwargs)
 
