@@ -76,7 +76,9 @@ class Keyring:
         with self._lock:
             p = self._providers.get(scheme)
             if p is None:
-                p = make_provider(scheme, self._options.get(scheme))
+                from .audit import audited  # every key-service call leaves one audit line (encfs/audit.py)
+
+                p = audited(make_provider(scheme, self._options.get(scheme)), self._options.get("local", {}).get("home"))
                 self._providers[scheme] = p
                 self._made[scheme] = p
             return p
@@ -194,6 +196,7 @@ class Keyring:
         key_error: EncfsError | None = None
         integrity = False
         cache = self.cache if self.cache is not None and self.cache.limits.max_age > 0 else None
+        digests: list[bytes] = []
         if cache is not None:
             # Any cached entry first: a hit needs no key-service call at all.
             # Only entries this keyring unwrapped itself (so allowed by its
@@ -227,6 +230,11 @@ class Keyring:
                         if cached is None:
                             cache.count_decrypt_miss()
                             dek = self._unwrap(provider, entry, ctx)
+                            # Cached inside the flight, so the waiting threads
+                            # find it.  Safe before the commitment check: the
+                            # service authenticated the entry, so this is the
+                            # key any later unwrap of it would return.
+                            cache.put_decryption_key(digests[i], dek)
                         else:
                             dek = cached
             except IntegrityError:
@@ -237,8 +245,6 @@ class Keyring:
                 continue
             keys = derive_object_keys(dek, header.object_id, header.suite)
             if keys.matches(header.commitment):
-                if cache is not None:
-                    cache.put_decryption_key(digests[i], dek)
                 return dek, keys
             integrity = True
         if key_error is not None:
