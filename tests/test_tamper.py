@@ -1,0 +1,605 @@
+"""The tamper matrix, through the real filesystem (DESIGN.md section 2).
+
+An attacker with write access to the storage changes stored ciphertext
+behind encfs's back; every read (``cat_file``, ``open().read()``, partial
+ranges, ``cat_ranges``) must then either raise the right encfs error or, for
+a partial read that does not touch the damaged part, return exactly the
+original bytes.  A read never returns anything else.
+
+Targets: a memory filesystem and the local disk, each read whole-object
+(small objects are fetched in one request) and by ranged requests
+(``SMALL_OBJECT`` forced to 0), plus memory without the data-key cache.
+Objects use 1 KiB segments so the matrix stays small and fast.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import os
+import random
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import encfs.file
+from encfs import EncryptedFileSystem
+from encfs.errors import (
+    ConfigurationError,
+    FormatError,
+    IntegrityError,
+    KeyServiceError,
+    KeyStateError,
+    NoUsableKeyError,
+    UnsupportedVersionError,
+)
+from encfs.format import HEADER_REGION, TAG_BYTES, encrypt_object, parse_header
+from encfs.format.context import PATH_KEY
+from encfs.keystore import LocalKeystore
+
+SEG = 1024
+STRIDE = SEG + TAG_BYTES
+NSEG = 6
+SIZE = (NSEG - 1) * SEG + 300  # six segments, the last one partial
+
+ErrorTypes = type[BaseException] | tuple[type[BaseException], ...]
+
+
+@dataclass
+class Target:
+    name: str
+    efs: EncryptedFileSystem
+    root: str
+    home: Path
+
+    @property
+    def raw(self) -> Any:
+        return self.efs.fs
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def put_raw(self, path: str, data: bytes) -> None:
+        self.raw.pipe_file(path, data)
+
+    def get_raw(self, path: str) -> bytes:
+        return self.raw.cat_file(path)
+
+    def sibling(self, **kwargs: Any) -> EncryptedFileSystem:
+        """Another filesystem over the same target storage."""
+        opts: dict[str, Any] = {"keystore": str(self.home), "segment_size": SEG, "skip_instance_cache": True}
+        opts.update(kwargs)
+        return EncryptedFileSystem(fs=self.raw, **opts)
+
+
+TARGETS = ["memory", "memory-ranged", "memory-nocache", "local", "local-ranged"]
+
+
+@pytest.fixture(params=TARGETS)
+def target(request, memfs, tmp_path, encfs_home, monkeypatch) -> Target:
+    name = request.param
+    # Thousands of failed unwraps would each append (and fsync) an audit
+    # record; auditing has its own tests, here it only costs time.
+    monkeypatch.setenv("ENCFS_AUDIT_LOG", "off")
+    if name.endswith("-ranged"):
+        # Force the ranged-read path (header read, then segment ranges).
+        monkeypatch.setattr(encfs.file, "SMALL_OBJECT", 0)
+    opts: dict[str, Any] = {"keystore": str(encfs_home), "segment_size": SEG, "skip_instance_cache": True}
+    if name.endswith("-nocache"):
+        opts["cache"] = False
+    if name.startswith("memory"):
+        return Target(name, EncryptedFileSystem(fs=memfs, **opts), "/tamper", encfs_home)
+    root = tmp_path / "store"
+    root.mkdir()
+    return Target(name, EncryptedFileSystem(target_protocol="file", **opts), str(root), encfs_home)
+
+
+# -- the oracle ---------------------------------------------------------------------
+
+#: Partial plaintext ranges: first byte, across a boundary, a middle segment,
+#: the tail, a range inside the last segment.
+PARTIAL_RANGES = [(0, 1), (SEG - 5, SEG + 5), (2 * SEG + 10, 3 * SEG + 20), (SIZE - 7, SIZE), (SIZE - 200, SIZE - 100)]
+
+
+def _read_open(efs: EncryptedFileSystem, path: str, start: int | None, end: int | None) -> bytes:
+    with efs.open(path, "rb") as f:
+        if start is None:
+            return f.read()
+        f.seek(start)
+        return f.read(end - start)
+
+
+def _read_ranges(efs: EncryptedFileSystem, path: str, start: int, end: int) -> bytes:
+    (out,) = efs.cat_ranges([path], [start], [end], on_error="raise")
+    return out
+
+
+def attempts(efs: EncryptedFileSystem, path: str, *, thorough: bool) -> Iterator[tuple[str, int | None, int | None, Callable[[], bytes]]]:
+    """(label, start, end, read) for every way of reading ``path``."""
+    yield "cat_file", None, None, lambda: efs.cat_file(path)
+    yield "open.read", None, None, lambda: _read_open(efs, path, None, None)
+    ranges = PARTIAL_RANGES if thorough else PARTIAL_RANGES[1:2]
+    for a, b in ranges:
+        yield "cat_file[a:b]", a, b, lambda a=a, b=b: efs.cat_file(path, start=a, end=b)
+        if thorough:
+            yield "open.seek.read", a, b, lambda a=a, b=b: _read_open(efs, path, a, b)
+            yield "cat_ranges", a, b, lambda a=a, b=b: _read_ranges(efs, path, a, b)
+
+
+def check_reads(efs: EncryptedFileSystem, path: str, plain: bytes, expected: ErrorTypes, *,
+                partial_must_fail: bool, thorough: bool = True, exact: type | None = None) -> list[str]:
+    """Problems found (empty list = every read behaved)."""
+    problems: list[str] = []
+    for label, a, b, read in attempts(efs, path, thorough=thorough):
+        try:
+            out = read()
+        except expected as exc:
+            if exact is not None and type(exc) is not exact:
+                problems.append(f"{label}[{a}:{b}] raised {type(exc).__name__}, expected exactly {exact.__name__}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - any other error is a finding
+            problems.append(f"{label}[{a}:{b}] raised {type(exc).__name__}: {exc}")
+            continue
+        if a is None:
+            problems.append(f"{label} returned {len(out)} bytes of a damaged object")
+        elif out != plain[a:b]:
+            problems.append(f"{label}[{a}:{b}] returned WRONG BYTES")
+        elif partial_must_fail:
+            problems.append(f"{label}[{a}:{b}] succeeded on an object with a damaged header")
+    return problems
+
+
+def _plain(seed: int, size: int = SIZE) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def _write(t: Target, name: str, plain: bytes) -> tuple[str, bytes]:
+    path = t.path(name)
+    t.efs.pipe_file(path, plain)
+    assert t.efs.cat_file(path) == plain  # positive control
+    return path, t.get_raw(path)
+
+
+# -- header fields ---------------------------------------------------------------------
+
+
+def header_fields(raw: bytes) -> dict[str, tuple[int, int]]:
+    """Byte ranges of every header field, including length prefixes (header.py layout)."""
+    (ctx_len,) = struct.unpack_from(">H", raw, 48)
+    f = {
+        "magic": (0, 4), "version": (4, 5), "suite": (5, 6), "flags": (6, 8), "region_length": (8, 12),
+        "segment_size": (12, 16), "object_id": (16, 48), "context_length": (48, 50),
+        "context": (50, 50 + ctx_len), "commitment": (50 + ctx_len, 82 + ctx_len),
+        "mac": (82 + ctx_len, 114 + ctx_len), "wrapped_count": (114 + ctx_len, 115 + ctx_len),
+    }
+    pos = 115 + ctx_len
+    n = 1 + raw[pos]
+    f["wrapped_provider"] = (pos, pos + n)
+    pos += n
+    n = 2 + struct.unpack_from(">H", raw, pos)[0]
+    f["wrapped_key_id"] = (pos, pos + n)
+    pos += n
+    n = 1 + raw[pos]
+    f["wrapped_version"] = (pos, pos + n)
+    pos += n
+    n = 2 + struct.unpack_from(">H", raw, pos)[0]
+    f["wrapped_blob"] = (pos, pos + n)
+    f["padding"] = (pos + n, HEADER_REGION)
+    return f
+
+
+#: Fields outside the header MAC that name a root key: damage there can only
+#: be seen as "this object is wrapped under a key we do not have" (a key
+#: error naming the key) or as a failed unwrap (IntegrityError).
+KEY_NAMING = (IntegrityError, KeyServiceError)
+# A damaged provider name ("locam") currently surfaces as the keyring's
+# ConfigurationError("unknown key provider scheme"): still an encfs error
+# and never plaintext, though NoUsableKeyError would name the object.
+EXPECTED: dict[str, tuple[ErrorTypes, type | None]] = {
+    "magic": (FormatError, FormatError),
+    "version": (UnsupportedVersionError, None),
+    "suite": (UnsupportedVersionError, None),
+    "wrapped_provider": ((IntegrityError, KeyServiceError, ConfigurationError), None),
+    "wrapped_key_id": (KEY_NAMING, None),
+    "wrapped_version": (KEY_NAMING, None),
+}
+FIELDS = ["magic", "version", "suite", "flags", "region_length", "segment_size", "object_id", "context_length",
+          "context", "commitment", "mac", "wrapped_count", "wrapped_provider", "wrapped_key_id",
+          "wrapped_version", "wrapped_blob", "padding"]
+
+
+#: Small fields whose bits mean different things: every bit is flipped.
+ALL_BITS = {"magic", "version", "suite", "flags", "region_length", "segment_size", "context_length",
+            "wrapped_count"}
+
+
+def _bits_for(t: Target, field: str, pos: int) -> list[int]:
+    # Every bit of the small fixed fields on the main target; elsewhere one
+    # bit per byte, rotating so that every bit position is exercised.
+    return list(range(8)) if t.name == "memory" and field in ALL_BITS else [pos % 8]
+
+
+@pytest.mark.parametrize("field", FIELDS)
+def test_header_bit_flips(target: Target, field: str) -> None:
+    plain = _plain(1)
+    path, raw = _write(target, "obj.bin", plain)
+    start, end = header_fields(raw)[field]
+    assert end > start
+    expected, exact = EXPECTED.get(field, (IntegrityError, IntegrityError))
+    positions = range(start, end)
+    if field == "padding" and target.name != "memory":
+        positions = range(start, end, 61)  # sampled; the memory target covers every byte
+    problems: list[str] = []
+    for pos in positions:
+        for bit in _bits_for(target, field, pos):
+            bad = bytearray(raw)
+            bad[pos] ^= 1 << bit
+            target.put_raw(path, bytes(bad))
+            # Every read kind on a sample of positions, whole reads on all.
+            thorough = field != "padding" and (pos - start) % 4 == 0 and bit == pos % 8
+            found = check_reads(target.efs, path, plain, expected, partial_must_fail=True, thorough=thorough,
+                                exact=exact)
+            problems += [f"byte {pos} bit {bit}: {p}" for p in found]
+    target.put_raw(path, raw)
+    assert target.efs.cat_file(path) == plain  # the original still reads
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_header_flip_magic_is_format_error_naming_path(target: Target) -> None:
+    plain = _plain(2)
+    path, raw = _write(target, "m.bin", plain)
+    target.put_raw(path, b"PAR1" + raw[4:])
+    with pytest.raises(FormatError, match="not an encfs object") as info:
+        target.efs.cat_file(path)
+    assert type(info.value) is FormatError and "m.bin" in str(info.value)
+
+
+def test_not_encfs_data(target: Target) -> None:
+    """Short and long plaintext files are FormatError, never passed through."""
+    for name, data in [("short.txt", b"hello"), ("long.csv", b"a,b\n1,2\n" * 1000), ("par.parquet", b"PAR1" * 2000)]:
+        path = target.path(name)
+        target.put_raw(path, data)
+        problems = check_reads(target.efs, path, data, FormatError, partial_must_fail=True, exact=FormatError)
+        assert not problems, (name, problems)
+
+
+# -- body segments ----------------------------------------------------------------------
+
+
+def _segment_positions() -> dict[str, list[int]]:
+    """Body offsets (relative to HEADER_REGION) to damage, per segment region."""
+    last_len = SIZE - (NSEG - 1) * SEG + TAG_BYTES
+    seg = {
+        "first": [0, 1, SEG // 2, SEG - 1],
+        "first-tag": [SEG + k for k in range(TAG_BYTES)],
+        "middle": [2 * STRIDE + k for k in (0, 7, SEG - 1)],
+        "middle-tag": [3 * STRIDE + SEG + k for k in range(TAG_BYTES)],
+        "last": [(NSEG - 1) * STRIDE + k for k in (0, 150, last_len - TAG_BYTES - 1)],
+        "last-tag": [(NSEG - 1) * STRIDE + last_len - TAG_BYTES + k for k in range(TAG_BYTES)],
+    }
+    return seg
+
+
+@pytest.mark.parametrize("region", list(_segment_positions()))
+def test_segment_bit_flips(target: Target, region: str) -> None:
+    plain = _plain(3)
+    path, raw = _write(target, "seg.bin", plain)
+    problems: list[str] = []
+    for rel in _segment_positions()[region]:
+        pos = HEADER_REGION + rel
+        for bit in (0, 7) if target.name == "memory" else (rel % 8,):
+            bad = bytearray(raw)
+            bad[pos] ^= 1 << bit
+            target.put_raw(path, bytes(bad))
+            found = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=region.startswith("last"),
+                                exact=IntegrityError)
+            problems += [f"offset {pos} bit {bit}: {p}" for p in found]
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_damaged_middle_segment_fails_only_reads_that_cover_it(target: Target) -> None:
+    plain = _plain(4)
+    path, raw = _write(target, "mid.bin", plain)
+    bad = bytearray(raw)
+    bad[HEADER_REGION + 2 * STRIDE + 3] ^= 0x10
+    target.put_raw(path, bytes(bad))
+    assert target.efs.cat_file(path, start=0, end=SEG) == plain[:SEG]
+    assert target.efs.cat_file(path, start=4 * SEG, end=SIZE) == plain[4 * SEG :]
+    for a, b in [(2 * SEG, 2 * SEG + 1), (SEG, 4 * SEG), (0, SIZE)]:
+        with pytest.raises(IntegrityError):
+            target.efs.cat_file(path, start=a, end=b)
+    # A small read-ahead block so the first read stays inside segments 0-1.
+    with target.efs.open(path, "rb", block_size=SEG) as f:
+        assert f.read(100) == plain[:100]
+        with pytest.raises(IntegrityError):
+            f.read()
+
+
+# -- truncation and extension ----------------------------------------------------------------
+
+
+def _truncation_points(ct_size: int) -> list[int]:
+    points = {1, 2, 3, 4, 5, 47, 48, 49, 100, 200, HEADER_REGION // 2, HEADER_REGION - 1, HEADER_REGION,
+              HEADER_REGION + 1, HEADER_REGION + TAG_BYTES - 1, HEADER_REGION + TAG_BYTES, ct_size - 1}
+    for i in range(1, NSEG):
+        b = HEADER_REGION + i * STRIDE
+        points |= {b - TAG_BYTES - 1, b - TAG_BYTES, b - 1, b, b + 1, b + TAG_BYTES - 1, b + TAG_BYTES,
+                   b + TAG_BYTES + 1, b + STRIDE // 2}
+    return sorted(p for p in points if 0 < p < ct_size)
+
+
+def test_truncation(target: Target) -> None:
+    plain = _plain(5)
+    path, raw = _write(target, "trunc.bin", plain)
+    problems: list[str] = []
+    for cut in _truncation_points(len(raw)):
+        target.put_raw(path, raw[:cut])
+        found = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=True, exact=IntegrityError)
+        problems += [f"cut at {cut}: {p}" for p in found]
+    assert not problems, "\n".join(problems[:20])
+
+
+def test_truncation_to_empty_is_format_error(target: Target) -> None:
+    plain = _plain(6)
+    path, raw = _write(target, "empty.bin", plain)
+    target.put_raw(path, b"")
+    problems = check_reads(target.efs, path, plain, FormatError, partial_must_fail=True, exact=FormatError)
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("size", [0, 1, SEG - 1, SEG, SEG + 1, 3 * SEG])
+def test_truncate_or_extend_objects_of_edge_sizes(target: Target, size: int) -> None:
+    plain = _plain(7, size)
+    path, raw = _write(target, f"edge{size}.bin", plain)
+    cases = {
+        "drop-1": raw[:-1], "drop-tag": raw[:-TAG_BYTES], "drop-last-segment": raw[: HEADER_REGION + max(0, (size - 1) // SEG) * STRIDE],
+        "append-1": raw + b"\x00", "append-tag": raw + raw[-TAG_BYTES:], "append-stride": raw + raw[-STRIDE:],
+        "append-zero-stride": raw + bytes(STRIDE),
+    }
+    problems: list[str] = []
+    for label, data in cases.items():
+        if data == raw:
+            continue
+        target.put_raw(path, data)
+        try:
+            out = target.efs.cat_file(path)
+        except IntegrityError:
+            pass
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"{label}: {type(exc).__name__}: {exc}")
+        else:
+            problems.append(f"{label}: returned {len(out)} bytes")
+        try:
+            with target.efs.open(path, "rb") as f:
+                f.read()
+            problems.append(f"{label}: open().read() succeeded")
+        except IntegrityError:
+            pass
+    assert not problems, problems
+
+
+@pytest.mark.parametrize("extra", [b"\x00", b"x" * TAG_BYTES, b"y" * (STRIDE - 1), b"z" * STRIDE, b"w" * (3 * STRIDE + 5)])
+def test_appended_bytes(target: Target, extra: bytes) -> None:
+    plain = _plain(8)
+    path, raw = _write(target, "app.bin", plain)
+    target.put_raw(path, raw + extra)
+    problems = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=True, exact=IntegrityError)
+    assert not problems, problems
+
+
+# -- reordering and duplication ------------------------------------------------------------
+
+
+def _segments(raw: bytes) -> tuple[bytes, list[bytes]]:
+    body = raw[HEADER_REGION:]
+    return raw[:HEADER_REGION], [body[i : i + STRIDE] for i in range(0, len(body), STRIDE)]
+
+
+def _rearranged(raw: bytes, order: list[int]) -> bytes:
+    head, segs = _segments(raw)
+    return head + b"".join(segs[i] for i in order)
+
+
+REARRANGEMENTS = {
+    "swap-first-two": [1, 0, 2, 3, 4, 5],
+    "swap-middle": [0, 1, 3, 2, 4, 5],
+    "swap-into-last": [0, 1, 2, 3, 5, 4],
+    "rotate": [1, 2, 3, 4, 5, 0],
+    "reverse": [5, 4, 3, 2, 1, 0],
+    "duplicate-first-over-second": [0, 0, 2, 3, 4, 5],
+    "duplicate-middle-inserted": [0, 1, 2, 2, 3, 4, 5],
+    "duplicate-full-last-inserted": [0, 1, 2, 3, 4, 4, 5],
+    "drop-middle": [0, 1, 3, 4, 5],
+    "drop-first": [1, 2, 3, 4, 5],
+    "last-segment-twice": [0, 1, 2, 3, 4, 5, 5],
+}
+
+
+@pytest.mark.parametrize("name", list(REARRANGEMENTS))
+def test_reorder_and_duplicate_segments(target: Target, name: str) -> None:
+    plain = _plain(9)
+    path, raw = _write(target, "order.bin", plain)
+    order = REARRANGEMENTS[name]
+    target.put_raw(path, _rearranged(raw, order))
+    # Segment count/placement changes the final segment unless the tail is
+    # intact; either way partial reads of untouched segments may still work.
+    problems = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=False, exact=IntegrityError)
+    assert not problems, "\n".join(problems)
+
+
+# -- splicing between objects ---------------------------------------------------------------
+
+
+def test_swap_headers_and_bodies_between_objects(target: Target) -> None:
+    pa, pb = _plain(10), _plain(11)
+    a, raw_a = _write(target, "a.bin", pa)
+    # b gets its own data key (no cache), so its wrapped keys cannot serve a.
+    b = target.path("b.bin")
+    target.sibling(cache=False).pipe_file(b, pb)
+    raw_b = target.get_raw(b)
+    assert parse_header(raw_a[:HEADER_REGION]).wrapped_keys != parse_header(raw_b[:HEADER_REGION]).wrapped_keys
+    lax = target.sibling(bind_path=False)
+    cases = {
+        "header-a+body-b at a": (a, raw_a[:HEADER_REGION] + raw_b[HEADER_REGION:], target.efs, pa),
+        "header-b+body-a at a": (a, raw_b[:HEADER_REGION] + raw_a[HEADER_REGION:], target.efs, pa),
+        "header-b+body-a at a (no path binding)": (a, raw_b[:HEADER_REGION] + raw_a[HEADER_REGION:], lax, pb),
+        "whole b at a": (a, raw_b, target.efs, pa),
+        "a with b's first segment": (a, raw_a[: HEADER_REGION] + raw_b[HEADER_REGION : HEADER_REGION + STRIDE]
+                                     + raw_a[HEADER_REGION + STRIDE :], target.efs, pa),
+        "a with b's last segment": (a, raw_a[: HEADER_REGION + (NSEG - 1) * STRIDE]
+                                    + raw_b[HEADER_REGION + (NSEG - 1) * STRIDE :], target.efs, pa),
+        "a with b's wrapped keys": (a, _with_wrapped_section(raw_a, raw_b), target.efs, pa),
+    }
+    problems: list[str] = []
+    for label, (path, data, efs, oracle) in cases.items():
+        target.put_raw(path, data)
+        # A spliced middle segment leaves other ranges intact; everything
+        # touching header or last segment must fail.
+        must = "first segment" not in label
+        problems += [f"{label}: {p}" for p in check_reads(efs, path, oracle, IntegrityError,
+                                                           partial_must_fail=must, exact=IntegrityError)]
+    assert not problems, "\n".join(problems)
+
+
+def _with_wrapped_section(raw_a: bytes, raw_b: bytes) -> bytes:
+    """raw_a's authenticated header with raw_b's wrapped-key section."""
+    ha, hb = parse_header(raw_a[:HEADER_REGION]), parse_header(raw_b[:HEADER_REGION])
+    cut_a, cut_b = len(ha.mac_input) + 32, len(hb.mac_input) + 32
+    section = raw_b[cut_b:HEADER_REGION]
+    head = raw_a[:cut_a] + section
+    head = head[:HEADER_REGION] + bytes(max(0, HEADER_REGION - len(head)))
+    return head + raw_a[HEADER_REGION:]
+
+
+def test_splice_objects_sharing_one_data_key(target: Target) -> None:
+    """Two objects sealed under the same (cached) data key still have
+    unrelated body keys: splicing them fails."""
+    pa, pb = _plain(12), _plain(13)
+    a, b = target.path("same-a.bin"), target.path("same-b.bin")
+    ctx_a, ctx_b = target.efs._context_for(a), target.efs._context_for(b)
+    dek, wrapped = target.efs.keyring.new_data_key(ctx_a)
+    raw_a = encrypt_object(dek=dek, object_id=os.urandom(32), context=ctx_a, wrapped_keys=wrapped,
+                           plaintext=pa, segment_size=SEG)
+    raw_b = encrypt_object(dek=dek, object_id=os.urandom(32), context=ctx_b, wrapped_keys=wrapped,
+                           plaintext=pb, segment_size=SEG)
+    target.put_raw(a, raw_a)
+    target.put_raw(b, raw_b)
+    fresh = target.sibling()  # no cached keys: unwraps through the keystore
+    assert fresh.cat_file(a) == pa and fresh.cat_file(b) == pb  # positive control: both valid
+    lax = target.sibling(bind_path=False)
+    head_a, segs_a = _segments(raw_a)
+    head_b, segs_b = _segments(raw_b)
+    cases = {
+        "header-a+body-b": (head_a + b"".join(segs_b), target.efs, pa, True),
+        "header-b+body-a (no path binding)": (head_b + b"".join(segs_a), lax, pb, True),
+        "a with b's segment 2": (head_a + b"".join(segs_a[:2] + segs_b[2:3] + segs_a[3:]), fresh, pa, False),
+        "a with b's last segment": (head_a + b"".join(segs_a[:-1] + segs_b[-1:]), fresh, pa, True),
+        "whole b at a": (raw_b, target.efs, pa, True),
+    }
+    problems: list[str] = []
+    for label, (data, efs, oracle, must) in cases.items():
+        target.put_raw(a, data)
+        problems += [f"{label}: {p}" for p in check_reads(efs, a, oracle, IntegrityError,
+                                                           partial_must_fail=must, exact=IntegrityError)]
+    assert not problems, "\n".join(problems)
+
+
+# -- moved behind encfs's back ------------------------------------------------------------------
+
+
+def test_object_moved_or_copied_behind_encfs(target: Target) -> None:
+    plain = _plain(14)
+    src, raw = _write(target, "orig.bin", plain)
+    moved, copied = target.path("moved.bin"), target.path("sub/copied.bin")
+    target.raw.mv(src, moved)
+    target.raw.makedirs(target.path("sub"), exist_ok=True)
+    target.put_raw(copied, raw)
+    for path in (moved, copied):
+        problems = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=True, exact=IntegrityError)
+        assert not problems, (path, problems)
+        # encfs's own copy refuses to launder it to a new path.
+        dst = path + ".laundered"
+        with pytest.raises(IntegrityError):
+            target.efs.cp_file(path, dst)
+        assert not target.efs.exists(dst)
+    # Control: the bytes themselves are intact; only the path is wrong.
+    assert target.sibling(bind_path=False).cat_file(moved) == plain
+    # And a move back restores access; a move through encfs keeps working.
+    target.raw.mv(moved, src)
+    target.efs.mv(src, moved)
+    assert target.efs.cat_file(moved) == plain
+
+
+def test_copy_through_encfs_does_not_launder_damage(target: Target) -> None:
+    plain = _plain(15)
+    src, raw = _write(target, "c.bin", plain)
+    bad = bytearray(raw)
+    bad[HEADER_REGION + 2 * STRIDE + 9] ^= 4
+    target.put_raw(src, bytes(bad))
+    dst = target.path("c-copy.bin")
+    try:
+        target.efs.cp_file(src, dst)
+    except IntegrityError:
+        return
+    problems = check_reads(target.efs, dst, plain, IntegrityError, partial_must_fail=False, exact=IntegrityError)
+    assert not problems, problems
+
+
+# -- wrong root key ------------------------------------------------------------------------------
+
+
+def test_wrong_keystore(target: Target, tmp_path: Path) -> None:
+    plain = _plain(16)
+    path, raw = _write(target, "k.bin", plain)
+    other_home = tmp_path / "other-home"
+    other = target.sibling(keystore=str(other_home))
+    other.pipe_file(target.path("other.bin"), b"forces the other default key into existence")
+    problems = check_reads(other, path, plain, NoUsableKeyError, partial_must_fail=True, exact=NoUsableKeyError)
+    assert not problems, problems
+    with pytest.raises(NoUsableKeyError) as info:
+        other.cat_file(path)
+    key_id = parse_header(raw[:HEADER_REGION]).wrapped_keys[0].key_id
+    assert key_id in str(info.value)
+
+
+def test_same_key_id_different_material(target: Target, tmp_path: Path) -> None:
+    """A second keystore claiming the same key id with other material: the
+    unwrap fails authentication, never yields a wrong data key."""
+    plain = _plain(17)
+    path, raw = _write(target, "k2.bin", plain)
+    key_id = parse_header(raw[:HEADER_REGION]).wrapped_keys[0].key_id
+    record = copy.deepcopy(LocalKeystore(target.home).record(key_id))
+    for entry in record["versions"].values():
+        entry["material"] = base64.b64encode(os.urandom(32)).decode()
+    forged = tmp_path / "forged-home"
+    # Through the keystore's own writer, so the forged file is well formed.
+    LocalKeystore(forged)._update(lambda doc: doc["keys"].__setitem__(key_id, record))
+    other = target.sibling(keystore=str(forged))
+    problems = check_reads(other, path, plain, IntegrityError, partial_must_fail=True, exact=IntegrityError)
+    assert not problems, problems
+
+
+def test_disabled_root_key(target: Target) -> None:
+    plain = _plain(18)
+    path, raw = _write(target, "dis.bin", plain)
+    key_id = parse_header(raw[:HEADER_REGION]).wrapped_keys[0].key_id
+    LocalKeystore(target.home).set_state(key_id, "Disabled")
+    fresh = target.sibling(cache=False)
+    problems = check_reads(fresh, path, plain, KeyStateError, partial_must_fail=True, exact=KeyStateError)
+    assert not problems, problems
+
+
+def test_context_with_other_path_value_is_rejected(target: Target) -> None:
+    """Header names another path than where it sits (MAC intact): rejected."""
+    plain = _plain(19)
+    a, raw_a = _write(target, "ctx-a.bin", plain)
+    h = parse_header(raw_a[:HEADER_REGION])
+    assert h.context[PATH_KEY] == target.efs._bound_path(a)
+    b = target.path("ctx-b.bin")
+    target.put_raw(b, raw_a)
+    with pytest.raises(IntegrityError):
+        target.efs.cat_file(b)
