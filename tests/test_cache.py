@@ -583,3 +583,51 @@ def test_thousand_small_objects(memfs, encfs_home, cache):
         assert counting.calls == {"generate": n, "unwrap": n}
     s = efs.cache_stats()
     assert s["generate_calls"] == counting.calls["generate"] and s["unwrap_calls"] == counting.calls["unwrap"]
+
+
+# -- encfs stats -------------------------------------------------------------------------
+
+
+def _run_cli(args: list[str]):
+    from click.testing import CliRunner
+
+    from encfs.cli.main import _load_commands, cli
+
+    _load_commands()
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_stats_demo_compares_cache_on_and_off(encfs_home):
+    res = _run_cli(["stats", "-n", "40", "--size", "100", "--keystore", str(encfs_home), "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    report = json.loads(res.output)
+    on, off = report["cache"]["stats"], report["no_cache"]["stats"]
+    assert (on["generate_calls"], on["unwrap_calls"], on["encrypt_hits"], on["decrypt_hits"]) == (1, 1, 39, 39)
+    assert (off["generate_calls"], off["unwrap_calls"], off["cache_enabled"]) == (40, 40, False)
+    text = _run_cli(["stats", "-n", "5", "--keystore", str(encfs_home)]).output
+    assert "cache on" in text and "generate data key" in text
+
+
+def test_stats_reads_paths_and_reports_this_commands_calls(efs_local, encfs_home):
+    efs, root = efs_local
+    (root / "d").mkdir()
+    for i in range(5):
+        efs.pipe_file(str(root / "d" / f"{i}.bin"), b"p" * (i + 1))
+    import json
+
+    res = _run_cli(["stats", str(root / "d"), "--keystore", str(encfs_home), "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["objects"] == 5 and report["bytes"] == 15 and report["failed"] == []
+    assert (report["stats"]["unwrap_calls"], report["stats"]["decrypt_hits"]) == (1, 4)
+    # The counters are this command's: a second run on the same (cached)
+    # filesystem instance reads everything from the cache.
+    again = json.loads(_run_cli(["stats", str(root / "d"), "--keystore", str(encfs_home), "--json"]).output)
+    assert (again["stats"]["unwrap_calls"], again["stats"]["decrypt_hits"]) == (0, 5)
+    off = json.loads(_run_cli(["stats", "--no-cache", str(root / "d"), "--keystore", str(encfs_home),
+                               "--json"]).output)
+    assert off["stats"]["unwrap_calls"] == 5 and off["stats"]["cache_enabled"] is False
+    bad = _run_cli(["stats", str(root / "d" / "0.bin"), str(root / "missing"), "--keystore", str(encfs_home)])
+    assert bad.exit_code == 1 and "read 1 object(s)" in bad.output
