@@ -320,7 +320,7 @@ ADMIN_ACTIONS = {
     "rotate_key": "rotate-key", "schedule_deletion": "schedule-deletion", "cancel_deletion": "cancel-deletion",
     "set_alias": "set-alias", "create_alias": "create-alias", "update_alias": "update-alias",
     "delete_alias": "delete-alias", "tag_key": "tag-key", "untag_key": "untag-key",
-    "enable_rotation": "enable-rotation", "disable_rotation": "disable-rotation",
+    "set_rotation": "set-rotation", "enable_rotation": "enable-rotation", "disable_rotation": "disable-rotation",
     "set_description": "set-description", "import_keys": "import-keys", "export_keys": "export-keys",
 }
 
@@ -427,6 +427,11 @@ class AuditedProvider(KeyProvider):
         version = None
         if isinstance(result, KeyInfo):
             key, version = result.uri or key, result.current_version or None
+        elif ref is not None:
+            try:  # record the canonical key, not just the alias the user typed
+                key = f"{ref.scheme}://{self.inner.resolve(ref)}"
+            except Exception:
+                pass
         self.audit_log.append(action, key=key, version=version, ref=str(ref) if ref else None, **details)
         return result
 
@@ -441,6 +446,9 @@ class AuditedProvider(KeyProvider):
 
     def rotate_key(self, ref: KeyRef) -> KeyInfo:
         return self._admin("rotate_key", self.inner.rotate_key, ref)
+
+    def set_rotation(self, ref: KeyRef, enabled: bool, period_days: int | None = None) -> dict[str, Any]:
+        return self._admin("set_rotation", self.inner.set_rotation, ref, enabled=enabled, period_days=period_days)
 
     def schedule_deletion(self, ref: KeyRef, days: int = 30) -> KeyInfo:
         return self._admin("schedule_deletion", self.inner.schedule_deletion, ref, days)

@@ -133,6 +133,14 @@ class LocalProvider(KeyProvider):
         self.keystore.enable_rotation(key_id, period_days)
         return self._info(key_id)
 
+    def set_rotation(self, ref: KeyRef, enabled: bool, period_days: int | None = None) -> dict[str, Any]:
+        """Automatic rotation on (every ``period_days``, 90–2560, default 365) or off."""
+        if enabled:
+            self.enable_rotation(ref, DEFAULT_ROTATION_DAYS if period_days is None else int(period_days))
+        else:
+            self.disable_rotation(ref)
+        return self.rotation_status(ref)
+
     def disable_rotation(self, ref: KeyRef) -> KeyInfo:
         key_id = self.resolve(ref)
         self.keystore.disable_rotation(key_id)
