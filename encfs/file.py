@@ -218,7 +218,11 @@ class EncryptedWriteFile(io.IOBase):
         # at close (the cache's max-bytes-per-data-key limit, docs/CACHE.md).
         self._wrapped = wrapped
         self._sink = sink or open_sink(efs.fs, path, exclusive)
-        self._sink.write(header)
+        try:
+            self._sink.write(header)
+        except BaseException:
+            self._sink.discard()  # no temp file left behind by a failed open
+            raise
         self._buf = bytearray()
         self._index = 0
         self._written = 0
