@@ -1,0 +1,118 @@
+"""Multi-core speed-up of ``encfs cp -r --jobs N``.
+
+AES-GCM in ``cryptography`` holds the GIL, so one Python process encrypts
+on one core; ``encfs cp --jobs N`` spreads files over N worker processes.
+This copies a folder of many plaintext files (64 x 8 MiB by default) into
+``enc::file://`` with ``--jobs 1`` and ``--jobs 2``, each run a fresh
+``python -m encfs.cli`` process timed end to end (start-up, planning and the
+final fsyncs included), interleaved A B A B, best of N.  The destination is
+deleted (untimed) before every run.
+
+The speed-up is bounded by what does not parallelise: interpreter start-up
+(measured with ``encfs --version`` and reported) and the disk.  Target
+(issue 4): >= 1.7x on 2 cores.
+
+    python benchmarks/bench_multicore.py            # 64 x 8 MiB, 3 rounds
+    python benchmarks/bench_multicore.py --quick    # 16 x 4 MiB, 2 rounds
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, MiB, Report, Target, interleaved, mbps, parser, table, temp_dir  # noqa: E402
+
+ENCFS = [sys.executable, "-m", "encfs.cli"]
+
+
+#: CPU seconds (user + system) used by each case's child processes, summed.
+CPU_SECONDS: dict[str, list[float]] = {}
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def run_encfs(args: list[str], keystore: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([*ENCFS, *args, "--keystore", keystore] if args[0] == "cp" else [*ENCFS, *args],
+                   check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--files", type=int, default=None, help="number of files (default 64, quick 16)")
+    p.add_argument("--file-mib", type=int, default=None, help="size of each file (default 8, quick 4)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 3, quick 2)")
+    args = p.parse_args(argv)
+    nfiles = args.files or (16 if args.quick else 64)
+    fmib = args.file_mib or (4 if args.quick else 8)
+    rounds = args.rounds or (2 if args.quick else 3)
+    total = nfiles * fmib * MiB
+    report = Report("multicore", params={"files": nfiles, "file_MiB": fmib, "rounds": rounds, "cpus": os.cpu_count()})
+
+    with temp_dir() as ks, temp_dir() as work:
+        src = os.path.join(work, "src")
+        os.makedirs(os.path.join(src, "sub"))
+        block = os.urandom(fmib * MiB)
+        for i in range(nfiles):
+            # Half the files one level down, so the copy really is recursive.
+            sub = "sub/" if i % 2 else ""
+            with open(os.path.join(src, f"{sub}part-{i:04d}.bin"), "wb") as f:
+                f.write(i.to_bytes(8, "big") + block[8:])
+        warm = os.path.join(work, "warm")
+        run_encfs(["cp", "-q", "-r", src, "enc::file://" + warm], ks)  # keystore created, caches warm
+        shutil.rmtree(warm)
+        dsts = {j: os.path.join(work, f"dst{j}") for j in (1, 2)}
+
+        def cleanup(j: int):
+            return lambda: shutil.rmtree(dsts[j], ignore_errors=True)
+
+        def copy(j: int):
+            def _copy() -> None:
+                c0 = _children_cpu()
+                run_encfs(["cp", "-q", "-r", "--jobs", str(j), src, "enc::file://" + dsts[j]], ks)
+                CPU_SECONDS.setdefault(f"--jobs {j}", []).append(_children_cpu() - c0)
+            return _copy
+
+        print(f"encfs cp -r of {nfiles} x {fmib} MiB, --jobs 1 vs 2, {rounds} rounds ...", flush=True)
+        t = interleaved({"--jobs 1": copy(1), "--jobs 2": copy(2), "encfs --version": lambda: run_encfs(["--version"], ks)},
+                        rounds, setup={"--jobs 1": cleanup(1), "--jobs 2": cleanup(2)})
+        copied = sorted(str(x.relative_to(dsts[2])) for x in Path(dsts[2]).rglob("*.bin"))
+        assert len(copied) == nfiles, f"expected {nfiles} objects, found {len(copied)}"
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+    speedup = t["--jobs 1"] / t["--jobs 2"]
+    for name in ("--jobs 1", "--jobs 2"):
+        cpu = min(CPU_SECONDS[name])
+        report.rows.append({"case": f"encfs cp -r {name}", "seconds": t[name], "MiB/s": mbps(total, t[name]),
+                            "speed-up": t["--jobs 1"] / t[name], "CPU seconds": cpu,
+                            # CPU time over wall time: how many cores the run kept busy.
+                            "cores busy": cpu / t[name]})
+    report.params["startup_seconds"] = t["encfs --version"]
+    report.params["load_average_1min_at_end"] = load
+    report.params["directory"] = os.environ.get("ENCFS_BENCH_TMP") or "system temp dir"
+    # Amdahl view: the speed-up of the part that can run in parallel.
+    par1, par2 = t["--jobs 1"] - t["encfs --version"], t["--jobs 2"] - t["encfs --version"]
+    report.params["speedup_excluding_startup"] = par1 / par2 if par2 > 0 else float("nan")
+    print(table(["case", "seconds", "MiB/s", "speed-up", "CPU s (min)", "cores busy"],
+                [[r["case"], r["seconds"], r["MiB/s"], f"{r['speed-up']:.2f}x", r["CPU seconds"], r["cores busy"]]
+                 for r in report.rows]))
+    print(f"  1-minute load average at the end: {load:.2f} (other work on the machine slows --jobs 2 most)")
+    print(f"  interpreter start-up (encfs --version): {t['encfs --version']:.2f} s; "
+          f"speed-up without it: {report.params['speedup_excluding_startup']:.2f}x")
+    report.targets.append(Target("encfs cp -r --jobs 2 speed-up over --jobs 1", speedup, ">=", 1.7))
+    report.print_targets()
+    report.save(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
