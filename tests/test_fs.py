@@ -596,3 +596,26 @@ def test_paths_given_as_enc_urls(efs_local):
     efs.pipe_file(f"enc::file://{root}/u.bin", b"via url")
     assert efs.cat_file(str(root / "u.bin")) == b"via url"
     assert efs.cat_file(f"enc::file://{root}/u.bin") == b"via url"
+
+
+def test_missing_paths_raise_file_not_found(efs_mem):
+    for call in (lambda: efs_mem.cat_file("/nope"), lambda: efs_mem.open("/nope", "rb"),
+                 lambda: efs_mem.info("/nope"), lambda: efs_mem.cp_file("/nope", "/x"),
+                 lambda: efs_mem.ls("/nope")):
+        with pytest.raises(FileNotFoundError):
+            call()
+
+
+def test_mapper_head_tail_and_open_files(efs_mem, memfs):
+    m = efs_mem.get_mapper("/store")
+    m["a/b"] = b"value"
+    m["c"] = b"other"
+    assert memfs.cat_file("/store/a/b")[:4] == MAGIC
+    assert dict(m) == {"a/b": b"value", "c": b"other"}
+    del m["c"]
+    assert list(m) == ["a/b"]
+    data = os.urandom(3 * SEG)
+    efs_mem.pipe_file("/ht", data)
+    assert efs_mem.head("/ht", 10) == data[:10]
+    assert efs_mem.tail("/ht", 10) == data[-10:]
+    assert efs_mem.read_block("/ht", SEG - 5, 10) == data[SEG - 5 : SEG + 5]
