@@ -1,7 +1,8 @@
 """fsspec's own conformance suite (``fsspec.tests.abstract``) over ``enc``.
 
 The same five suites s3fs runs (copy, get, put, pipe, open) are run over an
-encrypted filesystem on a memory target and on a local-disk target, the way
+encrypted filesystem on a memory target, on a local-disk target and on a
+target with no dedicated sink (the generic temp-sibling path), the way
 fsspec's own implementation tests subclass them: only the fixtures differ.
 ``get``/``put`` move data between plaintext local files and encfs objects,
 so these tests also check that everything at rest is ciphertext.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from fsspec.implementations.dirfs import DirFileSystem
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.tests.abstract import (
@@ -25,6 +27,7 @@ from fsspec.tests.abstract import (
 
 from encfs import EncryptedFileSystem
 from encfs.format import MAGIC
+from encfs.sinks import TEMP_MARK
 
 
 def _assert_all_ciphertext(target, root: str) -> None:
@@ -80,6 +83,29 @@ class EncLocalFixtures(AbstractFixtures):
         return path
 
 
+class EncGenericFixtures(EncMemoryFixtures):
+    """A target with no dedicated sink (here DirFileSystem over memory):
+    writes stream into a hidden temp sibling that is then moved into place."""
+
+    @pytest.fixture
+    def target(self):
+        inner = MemoryFileSystem(skip_instance_cache=True)
+        inner.store = {}
+        inner.pseudo_dirs = [""]
+        return DirFileSystem(path="/base", fs=inner)
+
+    @pytest.fixture
+    def fs(self, target, encfs_home):
+        efs = EncryptedFileSystem(fs=target, keystore=str(encfs_home), skip_instance_cache=True)
+        yield efs
+        _assert_all_ciphertext(target, "")
+        assert not any(TEMP_MARK in p for p in target.fs.find("/"))
+
+    @pytest.fixture
+    def fs_path(self):
+        return "enc-root"
+
+
 class TestEncMemoryCopy(AbstractCopyTests, EncMemoryFixtures):
     pass
 
@@ -117,4 +143,24 @@ class TestEncLocalPipe(AbstractPipeTests, EncLocalFixtures):
 
 
 class TestEncLocalOpen(AbstractOpenTests, EncLocalFixtures):
+    pass
+
+
+class TestEncGenericCopy(AbstractCopyTests, EncGenericFixtures):
+    pass
+
+
+class TestEncGenericGet(AbstractGetTests, EncGenericFixtures):
+    pass
+
+
+class TestEncGenericPut(AbstractPutTests, EncGenericFixtures):
+    pass
+
+
+class TestEncGenericPipe(AbstractPipeTests, EncGenericFixtures):
+    pass
+
+
+class TestEncGenericOpen(AbstractOpenTests, EncGenericFixtures):
     pass
