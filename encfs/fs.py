@@ -347,6 +347,10 @@ class EncryptedFileSystem(ChainedFileSystem):
         try:
             sink.write(new_header)
             pos = header.header_region
+            copy_body = getattr(sink, "copy_from", None)  # server-side copy (S3 UploadPartCopy)
+            if copy_body is not None:
+                copy_body(src, pos, ct_size)
+                pos = ct_size
             while pos < ct_size:
                 end = min(pos + COPY_CHUNK, ct_size)
                 sink.write(self.fs.cat_file(src, start=pos, end=end))

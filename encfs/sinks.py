@@ -17,6 +17,7 @@ section 2): each target gets the cheapest atomic strategy it offers.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import secrets
@@ -154,7 +155,15 @@ def register_sink(fs_class: type, factory: SinkFactory) -> None:
     _SINKS.insert(0, (fs_class, factory))
 
 
+#: Sinks in optional modules, imported when a target from that package first
+#: shows up (so ``import encfs`` does not import s3fs and botocore).
+_LAZY_SINKS = {"s3fs": "encfs.s3"}
+
+
 def open_sink(fs: AbstractFileSystem, path: str, exclusive: bool = False) -> Sink:
+    lazy = _LAZY_SINKS.get(type(fs).__module__.partition(".")[0])
+    if lazy is not None:
+        importlib.import_module(lazy)  # registers its sink; cached after the first time
     for cls, factory in _SINKS:
         if isinstance(fs, cls):
             return factory(fs, path, exclusive)

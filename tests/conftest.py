@@ -8,6 +8,10 @@ import pytest
 
 from encfs import EncryptedFileSystem
 
+# The moto server fixtures (S3/KMS over HTTP on 127.0.0.1); the name depends
+# on whether tests/ is a package.
+pytest_plugins = ["tests._servers" if __package__ else "_servers"]
+
 
 @pytest.fixture(autouse=True)
 def encfs_home(tmp_path_factory, monkeypatch):
