@@ -25,6 +25,15 @@ from encfs.providers.base import KeyInfo, KeyProvider, KeyRef
 # -- helpers -------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _no_audit_fsync(monkeypatch):
+    # Each key-service call appends an fsync'd audit record (audit.py): right
+    # for users, but 2,000 fsyncs would dominate the uncached test's run time
+    # on a shared disk.  Auditing has its own tests.
+    monkeypatch.setenv("ENCFS_AUDIT_LOG", "off")
+
+
+
 class FakeClock:
     """A clock that only moves when told to: no sleeping, no timing flakiness."""
 
