@@ -72,6 +72,16 @@ class _PendingSink:
         self.sink.discard()
 
 
+class _KeystoreHomeToken:
+    """Part of fsspec's instance-cache token: the keystore home taken from
+    the environment.  Without it, an instance made under one ``ENCFS_HOME``
+    would be handed out again after the variable changed, still bound to
+    the old keystore.  (The token is a hash; only the path goes into it.)"""
+
+    def __repr__(self) -> str:
+        return f"ENCFS_HOME={os.environ.get('ENCFS_HOME')!r}"
+
+
 class EncryptedFileSystem(ChainedFileSystem):
     """Transparent envelope encryption over a target fsspec filesystem.
 
@@ -111,6 +121,8 @@ class EncryptedFileSystem(ChainedFileSystem):
     protocol = "enc"
     root_marker = ""
     _strip_tokenize_options = ("fo",)
+    _extra_tokenize_attributes = ("_home_token",)
+    _home_token = _KeystoreHomeToken()
 
     def __init__(
         self,

@@ -619,3 +619,15 @@ def test_mapper_head_tail_and_open_files(efs_mem, memfs):
     assert efs_mem.head("/ht", 10) == data[:10]
     assert efs_mem.tail("/ht", 10) == data[-10:]
     assert efs_mem.read_block("/ht", SEG - 5, 10) == data[SEG - 5 : SEG + 5]
+
+
+def test_instance_cache_follows_encfs_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENCFS_HOME", str(tmp_path / "home-a"))
+    a1 = fsspec.filesystem("enc", target_protocol="memory")
+    assert fsspec.filesystem("enc", target_protocol="memory") is a1
+    monkeypatch.setenv("ENCFS_HOME", str(tmp_path / "home-b"))
+    b = fsspec.filesystem("enc", target_protocol="memory")
+    assert b is not a1
+    b.pipe_file("/home-b-object", b"x")
+    assert (tmp_path / "home-b").is_dir() and not (tmp_path / "home-a").exists()
+    b.rm("/home-b-object")
