@@ -280,6 +280,10 @@ class LocalKeystore:
             self._not_found(doc, key_id)
         return rec
 
+    def deleted_on(self, key_id: str) -> str | None:
+        """When ``key_id`` was deleted from this keystore (None if it was not)."""
+        return self._read().get("deleted", {}).get(key_id)
+
     def aliases_of(self, key_id: str) -> list[str]:
         return sorted(a for a, k in self._read()["aliases"].items() if k == key_id)
 

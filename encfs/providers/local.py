@@ -72,7 +72,9 @@ class LocalProvider(KeyProvider):
         try:
             self.keystore.record(wrapped.key_id)
         except KeyNotFoundError:
-            return False
+            # A key deleted here is still "ours": let unwrap say it was deleted
+            # (and when) instead of a vague "no usable key".
+            return self.keystore.deleted_on(wrapped.key_id) is not None
         return True
 
     def describe(self, ref: KeyRef) -> KeyInfo:
