@@ -1,0 +1,169 @@
+"""Many small objects under an AWS KMS key: what the data-key cache saves.
+
+10,000 objects of 1 KiB are written (``pipe_file``) and read back
+(``cat_file``, checked against what was written) through ``enc::memory://``
+with ``key="aws-kms://<key ARN>"``, on a moto KMS server on 127.0.0.1 that
+this script starts itself, once with the data-key cache (default limits)
+and once with ``cache=False`` (1,000 objects by default: without the cache
+every object costs a KMS round trip, so 10,000 would take many minutes on a
+loaded machine, and the calls per object are what matter).
+
+KMS calls are counted on the wire: a botocore ``before-send`` hook on the
+provider's KMS client counts every HTTP request by its ``X-Amz-Target``
+(GenerateDataKey, Decrypt, ...), independently of encfs's own counters
+(``fs.cache_stats()``), which are reported next to them.
+
+Targets (issue 4): with the cache, <= 10 GenerateDataKey and <= 10 Decrypt
+calls for 10,000 objects (without it, one of each per object).
+
+    python benchmarks/bench_small_objects.py            # 10,000 objects
+    python benchmarks/bench_small_objects.py --quick    # 1,000 objects
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import KiB, Report, Target, parser, table  # noqa: E402
+
+from bench_throughput import private_memory  # noqa: E402
+
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class KmsServer:
+    """A moto KMS server on 127.0.0.1 (and moto's fake credentials)."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # moto accepts any credentials; set dummy ones so boto3 never looks
+        # for real ones (and never sends real ones to the local server).
+        for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                     "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION}.items():
+            os.environ[k] = v
+        os.environ.pop("AWS_PROFILE", None)
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access-log line per request
+
+    def __enter__(self) -> KmsServer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    def create_key(self) -> str:
+        import boto3
+
+        kms = boto3.client("kms", endpoint_url=self.url, region_name=REGION)
+        return str(kms.create_key(Description="encfs small-object benchmark")["KeyMetadata"]["Arn"])
+
+
+def count_kms_requests(efs: Any) -> collections.Counter[str]:
+    """Count the HTTP requests the filesystem's KMS client sends, by API."""
+    counter: collections.Counter[str] = collections.Counter()
+    client = efs.keyring.provider("aws-kms")._client()  # the client encfs really uses
+
+    def on_send(request: Any, **_: Any) -> None:
+        target = request.headers.get("X-Amz-Target", b"")
+        target = target.decode() if isinstance(target, bytes) else str(target)
+        counter[target.rsplit(".", 1)[-1] or "?"] += 1
+
+    client.meta.events.register("before-send.kms", on_send)
+    return counter
+
+
+def run_case(server: KmsServer, arn: str, n: int, size: int, cache: bool) -> dict[str, Any]:
+    from encfs.fs import EncryptedFileSystem
+
+    efs = EncryptedFileSystem(fs=private_memory(), key=f"aws-kms://{arn}", cache=cache,
+                              providers={"aws-kms": {"endpoint_url": server.url, "region_name": REGION}},
+                              skip_instance_cache=True)
+    wire = count_kms_requests(efs)
+    payloads = [i.to_bytes(8, "big") + os.urandom(size - 8) for i in range(n)]
+    t0 = time.perf_counter()
+    for i, data in enumerate(payloads):
+        efs.pipe_file(f"/small/obj-{i:05d}", data)
+    t_write = time.perf_counter() - t0
+    after_write = collections.Counter(wire)
+    # A second filesystem object reads (as another process or a dask worker
+    # would), so read-side numbers do not profit from the writer's cache.
+    reader = EncryptedFileSystem(fs=efs.fs, key=f"aws-kms://{arn}", cache=cache,
+                                 providers={"aws-kms": {"endpoint_url": server.url, "region_name": REGION}},
+                                 skip_instance_cache=True)
+    rwire = count_kms_requests(reader)
+    t0 = time.perf_counter()
+    for i, data in enumerate(payloads):
+        if reader.cat_file(f"/small/obj-{i:05d}") != data:
+            raise AssertionError(f"object {i} read back wrong")
+    t_read = time.perf_counter() - t0
+    return {
+        "cache": cache, "objects": n,
+        "write ops/s": n / t_write, "read ops/s": n / t_read,
+        "GenerateDataKey": after_write["GenerateDataKey"], "Decrypt": rwire["Decrypt"],
+        "other KMS calls": sum(after_write.values()) - after_write["GenerateDataKey"]
+        + sum(rwire.values()) - rwire["Decrypt"],
+        "encfs counters (writer)": _counters(efs), "encfs counters (reader)": _counters(reader),
+    }
+
+
+def _counters(efs: Any) -> dict[str, Any]:
+    stats = efs.cache_stats()
+    return {k: v for k, v in stats.items() if isinstance(v, (int, float, bool))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--objects", type=int, default=None, help="number of objects (default 10000, quick 1000)")
+    p.add_argument("--uncached-objects", type=int, default=None,
+                   help="objects for the cache=False case (default: 1000; one KMS round trip per object "
+                        "makes 10,000 take many minutes on moto, and calls per object do not change)")
+    args = p.parse_args(argv)
+    n = args.objects or (1000 if args.quick else 10_000)
+    size = 1 * KiB
+    report = Report("small_objects", params={"objects": n, "object_size": "1 KiB", "target": "enc::memory://",
+                                             "key service": "moto KMS server on 127.0.0.1"})
+    with KmsServer() as server:
+        arn = server.create_key()
+        for cache in (True, False):
+            count = n if cache else (args.uncached_objects or min(n, 1000))
+            print(f"{count} x 1 KiB objects, cache={'on' if cache else 'off'} ...", flush=True)
+            report.rows.append(run_case(server, arn, count, size, cache))
+    on, off = report.rows
+    print(table(["cache", "write ops/s", "read ops/s", "GenerateDataKey", "Decrypt", "other KMS calls"],
+                [["on" if r["cache"] else "off", r["write ops/s"], r["read ops/s"], r["GenerateDataKey"],
+                  r["Decrypt"], r["other KMS calls"]] for r in report.rows]))
+    report.params["write_speedup_with_cache"] = on["write ops/s"] / off["write ops/s"]
+    report.params["read_speedup_with_cache"] = on["read ops/s"] / off["read ops/s"]
+    print(f"  the cache makes writes {report.params['write_speedup_with_cache']:.1f}x and reads "
+          f"{report.params['read_speedup_with_cache']:.1f}x faster (local moto; a real KMS round trip is slower)")
+    report.targets.append(Target(f"GenerateDataKey calls with cache, {n} objects", on["GenerateDataKey"], "<=", 10,
+                                 unit=""))
+    report.targets.append(Target(f"Decrypt calls with cache, {n} objects", on["Decrypt"], "<=", 10, unit=""))
+    if off["GenerateDataKey"] != off["objects"] or off["Decrypt"] != off["objects"]:
+        report.notes.append(f"without the cache expected {off['objects']} GenerateDataKey and Decrypt, "
+                            f"saw {off['GenerateDataKey']} and {off['Decrypt']}")
+    report.print_targets()
+    report.save(args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
