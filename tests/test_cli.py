@@ -23,7 +23,7 @@ def run(args: list[str], home: Path, cwd: Path, *, stdin: bytes | None = None) -
     env.pop("ENCFS_DEBUG", None)
     env.pop("ENCFS_KEY", None)
     return subprocess.run([sys.executable, "-m", "encfs.cli", *args], cwd=cwd, env=env, input=stdin,
-                          capture_output=True, timeout=120)
+                          capture_output=True, timeout=120, check=False)
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess) -> str:
@@ -126,6 +126,13 @@ def test_cp_directory_needs_recursive(tmp_path: Path, encfs_home: Path, tree: Pa
     line = assert_one_error_line(run(["cp", "src", "enc::x"], encfs_home, tmp_path))
     assert "-r" in line
     assert not (tmp_path / "x").exists()
+
+
+def test_cp_refuses_to_overwrite_its_source(tmp_path: Path, encfs_home: Path, tree: Path) -> None:
+    before = read_tree(tree)
+    assert "itself" in assert_one_error_line(run(["cp", "-r", "src", "enc::src/sub"], encfs_home, tmp_path))
+    assert "same object" in assert_one_error_line(run(["cp", "src/big.bin", "enc::src/big.bin"], encfs_home, tmp_path))
+    assert read_tree(tree) == before
 
 
 def test_cat_is_binary_safe(tmp_path: Path, encfs_home: Path, tree: Path) -> None:

@@ -48,10 +48,11 @@ def _join(base: str, rel: str) -> str:
     return f"{base.rstrip('/')}/{rel}" if rel else base
 
 
-def _same_object(a: AbstractFileSystem, pa: str, b: AbstractFileSystem, pb: str) -> bool:
+def _same_storage(a: AbstractFileSystem, b: AbstractFileSystem) -> bool:
+    """Whether both sides end up on the same kind of target storage."""
     ta = a.fs if isinstance(a, EncryptedFileSystem) else a
     tb = b.fs if isinstance(b, EncryptedFileSystem) else b
-    return type(ta) is type(tb) and pa.rstrip("/") == pb.rstrip("/")
+    return type(ta) is type(tb)
 
 
 def plan(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, dst: str, *,
@@ -66,7 +67,8 @@ def plan(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, dst: 
         if not recursive:
             raise ConfigurationError(f"{src} is a directory (use -r to copy it)")
         base = _join(dst, posixpath.basename(src.rstrip("/"))) if into else dst
-        if _same_object(src_fs, src, dst_fs, base) or base.startswith(src.rstrip("/") + "/"):
+        inside = base.rstrip("/") == src.rstrip("/") or base.startswith(src.rstrip("/") + "/")
+        if inside and _same_storage(src_fs, dst_fs):
             raise ConfigurationError(f"cannot copy {src} into itself")
         found = src_fs.find(src, detail=True)
         prefix = src.rstrip("/") + "/"
@@ -74,7 +76,7 @@ def plan(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, dst: 
                 for p, info in sorted(found.items()) if info.get("type") == "file"]
     info = src_fs.info(src)  # FileNotFoundError passes through with the path
     target = _join(dst, posixpath.basename(src)) if into else dst
-    if _same_object(src_fs, src, dst_fs, target):
+    if _same_storage(src_fs, dst_fs) and src.rstrip("/") == target.rstrip("/"):
         raise ConfigurationError(f"source and destination are the same object: {src}")
     return [CopyItem(src, target, int(info.get("size") or 0))]
 
@@ -141,7 +143,7 @@ def _worker_copy(batch: list[tuple[str, str]]) -> tuple[int, int, str | None]:
     for s, d in batch:
         try:
             nbytes += copy_file(src_fs, s, dst_fs, d)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
             return done, nbytes, f"{s}: {_one_line(exc)}"
         done += 1
     return done, nbytes, None

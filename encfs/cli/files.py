@@ -215,18 +215,18 @@ def verify(paths: tuple[str, ...], keys: tuple[str, ...], keystore: str | None, 
         fs, path, _ = _enc(url, keys, keystore, options)
         try:
             targets = fs.find(path) if fs.isdir(path) else [path]
-        except Exception as exc:  # a listing failure counts as a failed path
-            targets, error = [], _one_line(exc)
-            click.echo(f"FAILED  {path}: {error}")
+        except Exception as exc:  # noqa: BLE001 - a path we cannot list fails; go on with the rest
+            click.echo(f"FAILED  {path}: {_one_line(exc)}")
             failed += 1
-        if not targets and fs.isdir(path):
+            continue
+        if not targets:
             click.echo(f"(no objects under {path})")
         for target in targets:
             try:
                 if not fs.exists(target):
                     raise FileNotFoundError(2, "no such file", target)
                 size = verify_object(fs, target)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure is a FAILED line, never a crash
                 click.echo(f"FAILED  {target}: {_one_line(exc)}")
                 failed += 1
             else:
