@@ -196,7 +196,7 @@ def test_one_object_larger_than_max_bytes_retires_its_key(memfs, encfs_home):
 def test_max_bytes_overshoot_is_bounded_by_open_writers(memfs, encfs_home):
     """Documented behaviour: bytes are known at close, so writers open at the
     same time may share a key beyond max_bytes; the next writer does not."""
-    efs, counting, _ = make_fs(memfs, encfs_home, cache={"max_bytes": 100})
+    efs, _counting, _ = make_fs(memfs, encfs_home, cache={"max_bytes": 100})
     f1, f2 = efs.open("/w1", "wb"), efs.open("/w2", "wb")
     f1.write(b"1" * 80)
     f2.write(b"2" * 80)
@@ -208,11 +208,10 @@ def test_max_bytes_overshoot_is_bounded_by_open_writers(memfs, encfs_home):
 
 
 def test_discarded_write_counts_its_use_not_its_bytes(memfs, encfs_home):
-    efs, counting, _ = make_fs(memfs, encfs_home, cache={"max_objects": 2})
-    with pytest.raises(RuntimeError):
-        with efs.open("/gone", "wb") as f:
-            f.write(b"q" * 50)
-            raise RuntimeError("boom")
+    efs, _counting, _ = make_fs(memfs, encfs_home, cache={"max_objects": 2})
+    with pytest.raises(RuntimeError), efs.open("/gone", "wb") as f:
+        f.write(b"q" * 50)
+        raise RuntimeError("boom")
     assert not memfs.exists("/gone")
     efs.pipe_file("/kept", b"k")
     efs.pipe_file("/kept2", b"k")
@@ -266,7 +265,7 @@ def test_age_zero_disables_reuse(memfs, encfs_home):
 
 
 def test_disabled_key_stops_working_once_the_age_limit_passes(memfs, encfs_home):
-    efs, counting, clock = make_fs(memfs, encfs_home, cache={"max_age": 300})
+    efs, _counting, clock = make_fs(memfs, encfs_home, cache={"max_age": 300})
     efs.pipe_file("/before", b"secret")
     assert efs.cat_file("/before") == b"secret"
     keystore(efs).set_state(default_key_id(efs), "Disabled")
@@ -389,7 +388,7 @@ def test_keyring_partitions_by_context_not_path(encfs_home):
     ring = Keyring("local://default", provider_options={"local": {"home": str(encfs_home)}})
     d1, w1 = ring.new_data_key({"tenant": "x", PATH_KEY: "/p1"})
     d2, w2 = ring.new_data_key({"tenant": "x", PATH_KEY: "/p2"})
-    d3, w3 = ring.new_data_key({"tenant": "y", PATH_KEY: "/p1"})
+    d3, _w3 = ring.new_data_key({"tenant": "y", PATH_KEY: "/p1"})
     assert d1 == d2 and w1 == w2 and d3 != d1
     assert ring.stats()["generate_calls"] == 2
 

@@ -66,10 +66,11 @@ def format_stats(s: Mapping[str, Any]) -> list[str]:
         lines += [
             f"  encrypt            hits {s['encrypt_hits']}, misses {s['encrypt_misses']}",
             f"  decrypt            hits {s['decrypt_hits']}, misses {s['decrypt_misses']}",
-            f"  removed            expired {s['expirations']}, evicted {s['evictions']}, "
-            f"retired at a limit {s['retirements']}",
-            f"  held now           {s['entries']} {'entry' if s['entries'] == 1 else 'entries'} ({s['encryption_entries']} encryption, "
-            f"{s['decryption_entries']} decryption), {s['key_bytes']} key bytes",
+            (f"  removed            expired {s['expirations']}, evicted {s['evictions']}, "
+             f"retired at a limit {s['retirements']}"),
+            (f"  held now           {s['entries']} {'entry' if s['entries'] == 1 else 'entries'} "
+             f"({s['encryption_entries']} encryption, {s['decryption_entries']} decryption), "
+             f"{s['key_bytes']} key bytes"),
         ]
     return lines
 
@@ -112,7 +113,9 @@ def _merge(deltas: list[dict[str, Any]]) -> dict[str, Any]:
     """One report over several filesystems (paths on different targets)."""
     if len(deltas) == 1:
         return deltas[0]
-    out = dict(deltas[0]) if deltas else {"cache_enabled": False}
+    # Limits may differ between the filesystems: show those of the first
+    # one with a cache; the counters are summed over all.
+    out: dict[str, Any] = dict(next((d for d in deltas if d.get("cache_enabled")), deltas[0]))
     for k in COUNTERS + ("entries", "encryption_entries", "decryption_entries", "key_bytes"):
         if any(k in d for d in deltas):
             out[k] = sum(d.get(k, 0) for d in deltas)
