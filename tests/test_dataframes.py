@@ -99,7 +99,7 @@ def test_pyarrow_dataset_partitioned(base_url, so, frame):
     ds = pytest.importorskip("pyarrow.dataset")
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    url, plain, root_plain = base_url
+    url, plain, _ = base_url
     fs, root = fsspec.url_to_fs(url, **so)
     pafs = PyFileSystem(FSSpecHandler(fs))
     table = pa.Table.from_pandas(frame, preserve_index=False)

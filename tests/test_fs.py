@@ -433,10 +433,9 @@ def test_get_of_tampered_object_leaves_no_local_file(efs_seg, memfs, tmp_path):
 def test_exception_inside_with_leaves_nothing(efs_mem, memfs, efs_local, exc):
     efs, root = efs_local
     for fs, path in ((efs_mem, "/w"), (efs, str(root / "w"))):
-        with pytest.raises(type(exc)):
-            with fs.open(path, "wb") as f:
-                f.write(b"partial" * 50000)
-                raise exc
+        with pytest.raises(type(exc)), fs.open(path, "wb") as f:
+            f.write(b"partial" * 50000)
+            raise exc
         assert not fs.exists(path)
     assert memfs.find("/") == []
     assert _raw_files(root) == []
@@ -445,10 +444,9 @@ def test_exception_inside_with_leaves_nothing(efs_mem, memfs, efs_local, exc):
 def test_exception_inside_fsspec_open_leaves_nothing(efs_local):
     efs, root = efs_local
     url = f"enc::file://{root}/w.txt"
-    with pytest.raises(RuntimeError):
-        with fsspec.open(url, "w", keystore=os.environ["ENCFS_HOME"]) as f:
-            f.write("partial")
-            raise RuntimeError
+    with pytest.raises(RuntimeError), fsspec.open(url, "w", keystore=os.environ["ENCFS_HOME"]) as f:
+        f.write("partial")
+        raise RuntimeError
     assert _raw_files(root) == []
     # a file opened while another exception is being handled still commits
     try:
@@ -471,10 +469,9 @@ def test_target_error_mid_write_on_local_leaves_nothing(efs_local, monkeypatch):
         real_write(self, data)
 
     monkeypatch.setattr(LocalSink, "write", failing_write)
-    with pytest.raises(OSError, match="No space"):
-        with efs.open(str(root / "w"), "wb") as f:
-            for _ in range(20):
-                f.write(os.urandom(65536))
+    with pytest.raises(OSError, match="No space"), efs.open(str(root / "w"), "wb") as f:
+        for _ in range(20):
+            f.write(os.urandom(65536))
     assert _raw_files(root) == []
 
 
@@ -517,10 +514,9 @@ def test_target_error_mid_write_on_generic_target_leaves_nothing(memfs, encfs_ho
 
     target = FailingDirFS(path="/base", fs=memfs)
     efs = EncryptedFileSystem(fs=target, keystore=str(encfs_home), skip_instance_cache=True)
-    with pytest.raises(ConnectionError):
-        with efs.open("w", "wb") as f:
-            for _ in range(10):
-                f.write(os.urandom(65536))
+    with pytest.raises(ConnectionError), efs.open("w", "wb") as f:
+        for _ in range(10):
+            f.write(os.urandom(65536))
     assert memfs.find("/") == []
     target.budget = 10**9
     efs.pipe_file("ok", b"fine")

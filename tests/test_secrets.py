@@ -169,5 +169,5 @@ def test_failed_reads_and_logs_hold_no_key(setup, caplog, encfs_home):
         secrets.assert_absent("audit log", audit.read_bytes())
     for dirpath, _, files in os.walk(root):
         for f in files:
-            data = open(os.path.join(dirpath, f), "rb").read()
-            secrets.assert_absent(f"stored object {f}", data)
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                secrets.assert_absent(f"stored object {f}", fh.read())

@@ -46,14 +46,13 @@ def test_nothing_visible_until_the_end(efs_and_root):
 def test_exception_leaves_nothing(efs_and_root):
     efs, root = efs_and_root
     efs.pipe_file(f"{root}/existing", b"old")
-    with pytest.raises(RuntimeError):
-        with efs.transaction:
-            efs.pipe_file(f"{root}/a", b"alpha")
-            efs.pipe_file(f"{root}/existing", b"new")
-            efs.cp_file(f"{root}/existing", f"{root}/copy")
-            with efs.open(f"{root}/big", "wb") as f:
-                f.write(os.urandom(300_000))
-            raise RuntimeError("abort")
+    with pytest.raises(RuntimeError), efs.transaction:
+        efs.pipe_file(f"{root}/a", b"alpha")
+        efs.pipe_file(f"{root}/existing", b"new")
+        efs.cp_file(f"{root}/existing", f"{root}/copy")
+        with efs.open(f"{root}/big", "wb") as f:
+            f.write(os.urandom(300_000))
+        raise RuntimeError("abort")
     assert sorted(os.path.basename(p) for p in efs.find(root)) == ["existing"]
     assert efs.cat_file(f"{root}/existing") == b"old"
 
@@ -64,10 +63,9 @@ def test_no_temp_files_left_after_transactions(efs_local):
         efs.pipe_file(str(root / "a"), b"1")
         assert any(TEMP_MARK in n for n in _raw_files(root))  # staged, hidden
         assert efs.ls(str(root), detail=False) == []
-    with pytest.raises(ValueError):
-        with efs.transaction:
-            efs.pipe_file(str(root / "b"), b"2")
-            raise ValueError
+    with pytest.raises(ValueError), efs.transaction:
+        efs.pipe_file(str(root / "b"), b"2")
+        raise ValueError
     assert _raw_files(root) == ["a"]
 
 
@@ -88,10 +86,9 @@ def test_caught_write_error_inside_transaction_stays_discarded(efs_mem, memfs):
 def test_exclusive_create_inside_transaction(efs_local):
     efs, root = efs_local
     p = str(root / "x")
-    with pytest.raises(FileExistsError):
-        with efs.transaction:
-            efs.pipe_file(p, b"first", mode="create")
-            # someone else creates it before the transaction commits
-            (root / "x").write_bytes(b"other")
+    with pytest.raises(FileExistsError), efs.transaction:
+        efs.pipe_file(p, b"first", mode="create")
+        # someone else creates it before the transaction commits
+        (root / "x").write_bytes(b"other")
     assert (root / "x").read_bytes() == b"other"
     assert _raw_files(root) == ["x"]
