@@ -234,7 +234,7 @@ class AuditLog:
     def query(
         self,
         *,
-        key: str | None = None,
+        key: str | list[str] | None = None,
         action: str | None = None,
         principal: str | None = None,
         since: datetime | None = None,
@@ -264,12 +264,20 @@ def _parse(raw: bytes) -> dict[str, Any] | None:
     return rec
 
 
-def _key_matches(wanted: str, rec: Mapping[str, Any]) -> bool:
-    names = [str(rec.get(f)) for f in ("key", "ref", "to", "alias") if rec.get(f)]
-    names += [str(x) for x in rec.get("keys", []) or []]
-    if "://" in wanted:
-        return wanted in names
-    return any(n == wanted or n.endswith("://" + wanted) or n.endswith("/" + wanted) for n in names)
+def _key_matches(wanted: str | list[str], rec: Mapping[str, Any]) -> bool:
+    """Whether a record is about one of ``wanted`` (key URIs; a bare id or
+    alias means a local key, as everywhere in the CLI)."""
+    names = {str(rec.get(f)) for f in ("key", "ref") if rec.get(f)}
+    names |= {str(x).split("#", 1)[0] for x in rec.get("keys", []) or []}
+    if rec.get("to"):
+        names |= {x.split("#", 1)[0] for x in str(rec["to"]).split(",")}
+    for w in [wanted] if isinstance(wanted, str) else wanted:
+        uri = w if "://" in w else f"local://{w}"
+        scheme, _, name = uri.partition("://")
+        bare = name[len("alias/") :] if name.startswith("alias/") else name
+        if {uri, f"{scheme}://{bare}", f"{scheme}://alias/{bare}"} & names:
+            return True
+    return False
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -418,22 +426,28 @@ class AuditedProvider(KeyProvider):
                 details[k] = v
             elif isinstance(v, Mapping):
                 details[k] = sorted(v)  # tag names only; values may be sensitive
-        key = str(ref) if ref else None
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self.audit_log.append(action, key=key, outcome="failure", error=_error_text(exc), **details)
+            self.audit_log.append(action, key=self._canonical(ref), outcome="failure", error=_error_text(exc),
+                                  ref=str(ref) if ref else None, **details)
             raise
         version = None
         if isinstance(result, KeyInfo):
-            key, version = result.uri or key, result.current_version or None
-        elif ref is not None:
-            try:  # record the canonical key, not just the alias the user typed
-                key = f"{ref.scheme}://{self.inner.resolve(ref)}"
-            except Exception:
-                pass
+            key, version = result.uri or self._canonical(ref), result.current_version or None
+        else:
+            key = self._canonical(ref)
         self.audit_log.append(action, key=key, version=version, ref=str(ref) if ref else None, **details)
         return result
+
+    def _canonical(self, ref: KeyRef | None) -> str | None:
+        """The key the record is about: its canonical id, not just the alias typed."""
+        if ref is None:
+            return None
+        try:
+            return f"{ref.scheme}://{self.inner.resolve(ref)}"
+        except Exception:  # unknown or deleted: record what was asked for
+            return str(ref)
 
     def create_key(self, **kwargs: Any) -> KeyInfo:
         return self._admin("create_key", self.inner.create_key, **kwargs)

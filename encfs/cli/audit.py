@@ -8,7 +8,7 @@ import sys
 import click
 
 from ..audit import AuditLog, get_log, parse_when
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, EncfsError
 from .main import cli
 
 
@@ -36,6 +36,23 @@ def _line(rec: dict) -> str:
     return f"{rec.get('time')}  {rec.get('principal')}  {rec.get('action')}  {key}  {rec.get('outcome')}{extra}{err}"
 
 
+def _key_names(key: str, keystore: str | None) -> list[str]:
+    """The key as typed plus, for a local alias, the key id it names now
+    (records of key use carry the id, not the alias)."""
+    names = [key]
+    if "://" not in key or key.startswith("local://"):
+        from ..keystore.store import LocalKeystore, normalize_alias
+
+        name = key.split("://", 1)[-1]
+        try:
+            key_id = LocalKeystore(keystore).aliases().get(normalize_alias(name))
+        except EncfsError:
+            key_id = None  # no or unreadable keystore: filter by the name only
+        if key_id:
+            names.append(f"local://{key_id}")
+    return names
+
+
 @cli.group("audit", invoke_without_command=True)
 @click.option("--log", "log_path", metavar="FILE", default=None,
               help="Audit log to read (default $ENCFS_AUDIT_LOG or $ENCFS_HOME/audit.log).")
@@ -57,7 +74,7 @@ def audit(ctx: click.Context, log_path: str | None, keystore: str | None, key: s
     if ctx.invoked_subcommand is not None:
         return
     log = _log(log_path, keystore)
-    records = log.query(key=key, action=action, principal=principal,
+    records = log.query(key=_key_names(key, keystore) if key else None, action=action, principal=principal,
                         since=parse_when(since) if since else None, until=parse_when(until) if until else None)
     for rec in records:
         click.echo(json.dumps(rec, sort_keys=True) if as_json else _line(rec))
