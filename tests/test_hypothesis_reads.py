@@ -1,0 +1,184 @@
+"""Random reads against a plaintext oracle (hypothesis).
+
+Objects of random sizes (0 to several segments, small segment sizes) are
+written through ``enc`` on a memory target, by ``pipe_file`` or by random
+chunked writes, then read back by random sequences of seek/read/tell on
+open files (every fsspec cache type), ``cat_file(start, end)`` with
+negative and out-of-range bounds, and ``cat_ranges``.  Every answer must be
+exactly the oracle's: Python slicing of the plaintext.
+"""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import encfs.file
+from encfs import EncryptedFileSystem
+
+SETTINGS = settings(max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SEGMENT_SIZES = [1024, 1100, 2048]
+# ("parts" is left out: fsspec's KnownPartsOfAFile serves only pre-supplied parts.)
+CACHE_TYPES = ["readahead", "none", "bytes", "first", "blockcache", "mmap", "all", "background"]
+
+
+@pytest.fixture(autouse=True)
+def _no_audit(monkeypatch):
+    # Not what is under test here; each key-service call would fsync a record.
+    monkeypatch.setenv("ENCFS_AUDIT_LOG", "off")
+
+
+def _efs(memfs: Any, home: Any, segment_size: int) -> EncryptedFileSystem:
+    return EncryptedFileSystem(fs=memfs, keystore=str(home), segment_size=segment_size, skip_instance_cache=True)
+
+
+@st.composite
+def objects(draw: Any) -> tuple[int, bytes, list[int] | None, bool]:
+    seg = draw(st.sampled_from(SEGMENT_SIZES))
+    size = draw(st.one_of(
+        st.integers(0, 6 * seg),
+        st.sampled_from([0, 1, seg - 1, seg, seg + 1, 2 * seg, 3 * seg + 1]),
+    ))
+    data = random.Random(draw(st.integers(0, 2**32))).randbytes(size)
+    # None: pipe_file; else sizes of successive write() calls.
+    chunks = draw(st.one_of(st.none(), st.lists(st.integers(1, 3 * seg), max_size=12)))
+    ranged = draw(st.booleans())
+    return seg, data, chunks, ranged
+
+
+def _store(efs: EncryptedFileSystem, path: str, data: bytes, chunks: list[int] | None) -> None:
+    if chunks is None:
+        efs.pipe_file(path, data)
+        return
+    with efs.open(path, "wb") as f:
+        pos = 0
+        for n in chunks:
+            if pos >= len(data):
+                break
+            assert f.write(data[pos : pos + n]) == len(data[pos : pos + n])
+            pos += n
+        f.write(data[pos:])
+        assert f.tell() == len(data)
+
+
+class _Ranged:
+    """Force the ranged-read path (header first, then segment ranges) or not."""
+
+    def __init__(self, on: bool) -> None:
+        self.on, self.saved = on, encfs.file.SMALL_OBJECT
+
+    def __enter__(self) -> None:
+        if self.on:
+            encfs.file.SMALL_OBJECT = 0
+
+    def __exit__(self, *exc: Any) -> None:
+        encfs.file.SMALL_OBJECT = self.saved
+
+
+bounds = st.one_of(st.none(), st.integers(-8000, 16000))
+
+file_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("seek"), st.integers(-200, 16000), st.sampled_from([0, 1, 2])),
+        st.tuples(st.just("read"), st.one_of(st.just(-1), st.integers(0, 5000)), st.just(0)),
+        st.tuples(st.just("tell"), st.just(0), st.just(0)),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@SETTINGS
+@given(obj=objects(), ops=file_ops, cache_type=st.sampled_from(CACHE_TYPES),
+       block_size=st.sampled_from([None, 100, 1024, 5000]))
+def test_random_seek_read(memfs, encfs_home, obj, ops, cache_type, block_size) -> None:
+    seg, data, chunks, ranged = obj
+    efs = _efs(memfs, encfs_home, seg)
+    with _Ranged(ranged):
+        _store(efs, "/h/obj.bin", data, chunks)
+        assert efs.info("/h/obj.bin")["size"] == len(data)
+        kwargs = {"cache_type": cache_type}
+        if block_size is not None:
+            kwargs["block_size"] = block_size
+        with efs.open("/h/obj.bin", "rb", **kwargs) as f:
+            assert f.size == len(data)
+            loc = 0
+            for op, a, whence in ops:
+                if op == "seek":
+                    target = {0: a, 1: loc + a, 2: len(data) + a}[whence]
+                    if target < 0:
+                        with pytest.raises((ValueError, OSError)):
+                            f.seek(a, whence)
+                        continue
+                    assert f.seek(a, whence) == target
+                    loc = target
+                elif op == "read":
+                    expect = data[loc:] if a < 0 else data[loc : loc + a]
+                    assert f.read(a) == expect
+                    loc += len(expect)
+                else:
+                    assert f.tell() == loc
+
+
+@SETTINGS
+@given(obj=objects(), spans=st.lists(st.tuples(bounds, bounds), min_size=1, max_size=12))
+def test_random_cat_file(memfs, encfs_home, obj, spans) -> None:
+    seg, data, chunks, ranged = obj
+    efs = _efs(memfs, encfs_home, seg)
+    with _Ranged(ranged):
+        _store(efs, "/h/cat.bin", data, chunks)
+        assert efs.cat_file("/h/cat.bin") == data
+        for start, end in spans:
+            # fsspec semantics are Python slice semantics (negative = from the end).
+            assert efs.cat_file("/h/cat.bin", start=start, end=end) == data[start:end], (start, end)
+
+
+@SETTINGS
+@given(a=objects(), b=objects(), spans=st.lists(st.tuples(st.booleans(), bounds, bounds), min_size=1, max_size=12))
+def test_random_cat_ranges_over_two_objects(memfs, encfs_home, a, b, spans) -> None:
+    # Both objects must share the filesystem's segment size.
+    seg = a[0]
+    efs = _efs(memfs, encfs_home, seg)
+    with _Ranged(a[3]):
+        _store(efs, "/h/a.bin", a[1], a[2])
+        _store(efs, "/h/b.bin", b[1], b[2])
+        oracle = {"/h/a.bin": a[1], "/h/b.bin": b[1]}
+        paths = ["/h/a.bin" if first else "/h/b.bin" for first, _, _ in spans]
+        starts = [s for _, s, _ in spans]
+        ends = [e for _, _, e in spans]
+        out = efs.cat_ranges(paths, starts, ends, on_error="raise")
+        assert out == [oracle[p][s:e] for p, s, e in zip(paths, starts, ends)]
+
+
+def test_concurrent_range_reads_match_oracle(memfs, encfs_home) -> None:
+    """Many threads reading random ranges of one object through one filesystem."""
+    efs = _efs(memfs, encfs_home, 1024)
+    rnd = random.Random(7)
+    data = rnd.randbytes(40_000)
+    efs.pipe_file("/h/conc.bin", data)
+    spans = [(s, s + rnd.randint(0, 5000)) for s in (rnd.randint(0, 40_000) for _ in range(400))]
+
+    def read(span: tuple[int, int]) -> bool:
+        return efs.cat_file("/h/conc.bin", start=span[0], end=span[1]) == data[span[0] : span[1]]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, spans))
+
+    def read_file(seed: int) -> bool:
+        r = random.Random(seed)
+        with efs.open("/h/conc.bin", "rb", block_size=2048) as f:
+            for _ in range(30):
+                pos, n = r.randint(0, 41_000), r.randint(0, 3000)
+                f.seek(pos)
+                if f.read(n) != data[pos : pos + n]:
+                    return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read_file, range(16)))
