@@ -639,3 +639,33 @@ def test_stats_reads_paths_and_reports_this_commands_calls(efs_local, encfs_home
     assert off["stats"]["unwrap_calls"] == 5 and off["stats"]["cache_enabled"] is False
     bad = _run_cli(["stats", str(root / "d" / "0.bin"), str(root / "missing"), "--keystore", str(encfs_home)])
     assert bad.exit_code == 1 and "read 1 object(s)" in bad.output
+
+
+# -- AWS KMS (moto in-process): the calls that reach the KMS API -------------------------
+
+
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "no-cache"])
+def test_kms_api_calls_with_and_without_cache(memfs, monkeypatch, cache):
+    boto3 = pytest.importorskip("boto3")
+    moto = pytest.importorskip("moto")
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    n = 100
+    with moto.mock_aws():
+        arn = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
+        efs = EncryptedFileSystem(fs=memfs, key=f"aws-kms://{arn}", providers={"aws-kms": {"region_name": "us-east-1"}},
+                                  skip_instance_cache=True, cache=cache)
+        calls: Counter[str] = Counter()
+        client = efs.keyring.provider("aws-kms")._client(None)
+        client.meta.events.register("provide-client-params.kms.*",
+                                    lambda params, model, **_: calls.update([model.name]))
+        for i in range(n):
+            efs.pipe_file(f"/k/{i}", b"%d" % i)
+        for i in range(n):
+            assert efs.cat_file(f"/k/{i}") == b"%d" % i
+    expected = 1 if cache else n
+    assert (calls["GenerateDataKey"], calls["Decrypt"]) == (expected, expected)
+    s = efs.cache_stats()
+    assert (s["generate_calls"], s["unwrap_calls"]) == (expected, expected)
