@@ -33,10 +33,10 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import Report, Target, interleaved, parser, table, temp_dir  # noqa: E402
+from _common import Report, Target, interleaved, parser, table, temp_dir
 
-from encfs import EncryptedFileSystem  # noqa: E402
-from encfs.providers import KeyRef  # noqa: E402
+from encfs import EncryptedFileSystem
+from encfs.providers import KeyRef
 
 CTX = {"bench": "hsm"}
 

@@ -10,7 +10,9 @@ from encfs import EncryptedFileSystem
 
 # The moto server fixtures (S3/KMS over HTTP on 127.0.0.1); the name depends
 # on whether tests/ is a package.
-pytest_plugins = ["tests._servers" if __package__ else "_servers"]
+pytest_plugins = ["tests._servers" if __package__ else "_servers",
+                  # SoftHSM2 token fixtures (hsm, hsm_key) for the PKCS#11 tests
+                  "tests._softhsm" if __package__ else "_softhsm"]
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import fsspec
 import pytest
-from _softhsm import PIN_TOKEN, TOKEN, hsm, hsm_key, softhsm, unique_label  # noqa: F401  (fixtures)
+from _softhsm import PIN_TOKEN, TOKEN, softhsm, unique_label
 
 from encfs import EncryptedFileSystem
 from encfs.errors import (
@@ -30,6 +30,7 @@ from encfs.errors import (
     NoUsableKeyError,
 )
 from encfs.providers import KeyRef
+
 
 CTX = {"dataset": "sales"}
 
@@ -301,7 +302,7 @@ def test_pool_bounds_sessions_under_threads(hsm, hsm_key):
                 dek = os.urandom(32)
                 assert provider.unwrap(provider.wrap(ref, dek, CTX), CTX) == dek
                 assert pool._open <= pool.max_sessions
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  (reported below, in the test thread)
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]

@@ -18,11 +18,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
-from _softhsm import TOKEN, hsm, unique_label  # noqa: F401  (hsm is a fixture)
+from _softhsm import TOKEN, unique_label
 
 from encfs import EncryptedFileSystem
 from encfs.errors import AccessDeniedError, IntegrityError, KeyNotFoundError
 from encfs.providers import KeyProvider, KeyRef
+
 
 CTX = {"purpose": "contract", "tenant": "t-1"}
 
@@ -191,7 +192,7 @@ class TestProviderContract:
                 for _ in range(15):
                     dek = os.urandom(32)
                     assert backend.provider.unwrap(backend.provider.wrap(ref, dek, CTX), CTX) == dek
-            except BaseException as exc:  # reported below, in the test thread
+            except BaseException as exc:  # noqa: BLE001  (reported below, in the test thread)
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker) for _ in range(6)]

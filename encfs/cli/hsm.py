@@ -140,7 +140,7 @@ def hsm_init(directory: str | None, token: str, module: str | None, key_label: s
     if key_label:
         # The module reads SOFTHSM2_CONF when first loaded: set it before.
         os.environ.update(env)
-        from ..providers.pkcs11 import Pkcs11Provider  # noqa: PLC0415 (needs python-pkcs11)
+        from ..providers.pkcs11 import Pkcs11Provider
 
         info = Pkcs11Provider(setup.module, token=token).create_key(alias=f"{token}/{key_label}")
         click.echo(f"# created root key {info.uri} (version {info.current_version}) in the token", err=True)

@@ -74,7 +74,7 @@ T = TypeVar("T")
 def _pkcs11() -> Any:
     """python-pkcs11, imported on first use so ``import encfs`` does not need it."""
     try:
-        import pkcs11  # noqa: PLC0415
+        import pkcs11
     except ImportError as exc:
         raise ConfigurationError(
             "the pkcs11:// key provider needs python-pkcs11: pip install encfs[pkcs11]"
