@@ -143,7 +143,7 @@ def wrapped_digest(entry: WrappedKey, service_context: Mapping[str, str]) -> byt
 class _Entry:
     """One cached data key.  No repr of the key: see ``__repr__``."""
 
-    __slots__ = ("slot", "dek", "wrapped", "created", "uses", "plaintext", "token")
+    __slots__ = ("created", "dek", "plaintext", "slot", "token", "uses", "wrapped")
 
     def __init__(self, slot: tuple[str, bytes], dek: bytes, wrapped: tuple[WrappedKey, ...],
                  created: float, token: bytes | None) -> None:
@@ -311,14 +311,24 @@ class DataKeyCache:
                 self._remove(entry, "retirements")  # spent: wipe it now, not at the next miss
             return result
 
+    @property
+    def reuses_encryption_keys(self) -> bool:
+        """False when the limits allow no data key to serve a second object."""
+        return self.limits.max_age > 0 and self.limits.max_objects > 1
+
+    def count_encrypt_miss(self) -> None:
+        """A key generated without asking the cache (no reuse possible)."""
+        self._check_pid()
+        with self._lock:
+            self._counts["encrypt_misses"] += 1
+
     def put_encryption_key(self, partition: bytes, dek: bytes, wrapped: Sequence[WrappedKey]) -> None:
         """Remember a freshly generated key, counting its first use (the object
         that asked for it) and the miss that made it necessary."""
-        lim = self.limits
         with self._op() as now:
             self._counts["encrypt_misses"] += 1
-            if lim.max_age <= 0 or lim.max_objects <= 1:
-                return  # no reuse possible: never hold the key at all
+            if not self.reuses_encryption_keys:
+                return  # never hold a key that can not be used again
             entry = _Entry(("enc", partition), dek, tuple(wrapped), now, self._token(wrapped))
             entry.uses = 1
             if not self._insert(entry):

@@ -133,10 +133,12 @@ class Keyring:
         """
         ctx = service_context(context)
         cache = self.cache
-        if cache is None or cache.limits.max_age <= 0:
+        if cache is None or not cache.reuses_encryption_keys:
+            # Nothing could be reused: no single flight, which would only
+            # serialise the key-service calls of concurrent writers.
             dek, entries = self._generate(ctx)
             if cache is not None:
-                cache.put_encryption_key(b"", dek, entries)  # counts the miss, keeps nothing
+                cache.count_encrypt_miss()
             return dek, entries
         part = partition_id([str(r) for r in self.write_refs], ctx)
         hit = cache.take_encryption_key(part)
