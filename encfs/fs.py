@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from fsspec import filesystem
 from fsspec.callbacks import DEFAULT_CALLBACK
 from fsspec.implementations.chained import ChainedFileSystem
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import isfilelike
 
 from .errors import ConfigurationError, IntegrityError
@@ -70,6 +72,23 @@ class _PendingSink:
 
     def discard(self) -> None:
         self.sink.discard()
+
+
+class _PendingRemoval:
+    """The source side of a ``mv`` inside a transaction: removed only when
+    the transaction commits (after the copies queued before it)."""
+
+    def __init__(self, efs: EncryptedFileSystem, path: Any, recursive: bool) -> None:
+        self.efs, self.path, self.recursive = efs, path, recursive
+
+    def __repr__(self) -> str:
+        return f"<pending encfs removal of {self.path!r}>"
+
+    def commit(self) -> None:
+        self.efs.rm(self.path, recursive=self.recursive)
+
+    def discard(self) -> None:
+        """Rolled back: the source stays."""
 
 
 class _KeystoreHomeToken:
@@ -203,8 +222,16 @@ class EncryptedFileSystem(ChainedFileSystem):
         return f"{self.protocol}::{self.fs.unstrip_protocol(name)}"
 
     def _bound_path(self, path: str) -> str:
-        """The path bound into headers: the target's canonical path."""
-        return self._target_path(path).rstrip("/")
+        """The path bound into headers: the target's canonical path.
+
+        On a local disk "d/sub/../f", "d//f" and "d/./f" name the file "d/f",
+        so they bind the same path; object stores keep keys verbatim ("a//b"
+        and "a/b" are two objects there), so only local paths are normalized.
+        """
+        bound = self._target_path(path).rstrip("/")
+        if bound and isinstance(self.fs, LocalFileSystem):
+            bound = posixpath.normpath(bound)
+        return bound
 
     def _context_for(self, path: str) -> dict[str, str]:
         return {**self.context, PATH_KEY: self._bound_path(path)}
@@ -374,6 +401,22 @@ class EncryptedFileSystem(ChainedFileSystem):
         except BaseException:
             sink.discard()
             raise
+
+    def mv(self, path1: Any, path2: Any, recursive: bool = False, maxdepth: int | None = None,
+           **kwargs: Any) -> None:
+        """Move = re-binding copy, then remove the source.
+
+        Inside a transaction the copies are deferred to its end, so the
+        removal must be too: removing at once would lose the data if the
+        transaction is then rolled back.
+        """
+        if not self._intrans:
+            return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
+        if path1 == path2:
+            return None
+        self.copy(path1, path2, recursive=recursive, maxdepth=maxdepth, on_error="raise")
+        self.transaction.files.append(_PendingRemoval(self, path1, recursive))
+        return None
 
     def cat_ranges(self, paths: list[str], starts: Any, ends: Any, max_gap: Any = None,
                    on_error: str = "return", **kwargs: Any) -> list[Any]:
