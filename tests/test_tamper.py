@@ -603,3 +603,21 @@ def test_context_with_other_path_value_is_rejected(target: Target) -> None:
     target.put_raw(b, raw_a)
     with pytest.raises(IntegrityError):
         target.efs.cat_file(b)
+
+
+def test_local_path_spellings_bind_one_path(tmp_path: Path, encfs_home) -> None:
+    """On a local disk "d/sub/../f", "d//f" and "d/./f" are the file "d/f":
+    whichever spelling wrote it, every spelling reads it, and a real move
+    is still detected."""
+    efs = EncryptedFileSystem(target_protocol="file", keystore=str(encfs_home), segment_size=SEG,
+                              skip_instance_cache=True)
+    d = tmp_path / "d"
+    (d / "sub").mkdir(parents=True)
+    spellings = [f"{d}/f", f"{d}/sub/../f", f"{d}//f", f"{d}/./f", f"file://{d}/f"]
+    for i, writer in enumerate(spellings):
+        efs.pipe_file(writer, f"v{i}".encode())
+        for reader in spellings:
+            assert efs.cat_file(reader) == f"v{i}".encode(), (writer, reader)
+    os.rename(d / "f", d / "g")
+    with pytest.raises(IntegrityError):
+        efs.cat_file(f"{d}/sub/../g")
