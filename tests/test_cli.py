@@ -257,3 +257,28 @@ def test_errors_are_one_line(tmp_path: Path, encfs_home: Path, args: list[str], 
     line = assert_one_error_line(run(args, encfs_home, tmp_path))
     assert expect in line
     assert not (tmp_path / "out.bin").exists()  # a failed cp leaves nothing behind
+
+
+def test_cp_to_s3_with_kms_and_layer_options(tmp_path: Path, encfs_home: Path, tree: Path, moto_server, s3,
+                                             kms_key: str) -> None:
+    """The CLI on the cloud path: enc::s3:// under an AWS KMS key (moto on
+    127.0.0.1), target and provider options given with -o, two workers."""
+    opts = ["--key", kms_key,
+            "-o", f"s3.endpoint_url={moto_server.endpoint}",
+            "-o", "enc.providers=" + json.dumps({"aws-kms": moto_server.kms_options()})]
+    url = f"enc::s3://{s3.test_bucket}/data"
+    proc = run(["cp", "-r", "-q", "-j", "2", *opts, "src", url], encfs_home, tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    raw = s3.cat_file(f"{s3.test_bucket}/data/big.bin")
+    assert raw[:4] == MAGIC and (tree / "big.bin").read_bytes()[:64] not in raw
+
+    info = json.loads(run(["info", "--json", *opts, f"{url}/big.bin"], encfs_home, tmp_path).stdout)
+    assert [w["provider"] for w in info["wrapped_keys"]] == ["aws-kms"]
+    assert info["wrapped_keys"][0]["key_id"].startswith("arn:aws:kms:")
+    assert info["authenticated"] is True
+
+    verify = run(["verify", *opts, url], encfs_home, tmp_path)
+    assert verify.returncode == 0, verify.stdout.decode() + verify.stderr.decode()
+    proc = run(["cp", "-r", "-q", *opts, url, "back"], encfs_home, tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert read_tree(tmp_path / "back") == read_tree(tree)
