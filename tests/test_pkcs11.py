@@ -274,6 +274,32 @@ def test_reconnects_after_sessions_are_closed(hsm, hsm_key):
     assert pool.generation == generation + 1  # exactly one reconnect
 
 
+def test_reconnects_after_logout_of_live_sessions(hsm, hsm_key):
+    provider = _provider()
+    ref = KeyRef.parse(hsm_key)
+    wrapped = provider.wrap(ref, b"k" * 32, CTX)
+    pool = _pool(provider)
+    assert pool._idle, "the pool keeps its sessions between operations"
+    for lease in pool._idle:
+        lease.keys.clear()  # make the next operation look its key up again
+    generation = pool.generation
+    # Only the login goes: the idle sessions stay open but see no private object.
+    pool._anchor.close()
+    assert provider.unwrap(wrapped, CTX) == b"k" * 32
+    assert pool.generation == generation + 1
+
+
+def test_missing_key_does_not_reconnect(hsm, hsm_key):
+    provider = _provider()
+    provider.describe(KeyRef.parse(hsm_key))
+    pool = _pool(provider)
+    generation = pool.generation
+    for _ in range(3):
+        with pytest.raises(KeyNotFoundError):
+            provider.describe(KeyRef("pkcs11", f"{TOKEN}/{unique_label('absent')}"))
+    assert pool.generation == generation  # nobody was logged out for it
+
+
 @_quiet_search_finaliser
 def test_reconnects_after_module_reinitialisation(hsm, hsm_key, p11):
     provider = _provider()

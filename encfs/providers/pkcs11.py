@@ -338,7 +338,7 @@ class _TokenPool:
         with self.module.call_lock:
             try:
                 session.close()
-            except Exception:  # already invalid: nothing left to close
+            except Exception:  # noqa: BLE001, S110  (already invalid: nothing left to close)
                 pass
 
     def reset(self, generation: int, reinitialise: bool = False) -> None:
@@ -360,7 +360,7 @@ class _TokenPool:
             with self.module.call_lock:
                 try:
                     self.module.lib().reinitialize()
-                except Exception:  # a later connect reports what is wrong
+                except Exception:  # noqa: BLE001, S110  (the next connect reports what is wrong)
                     pass
 
     def run(self, fn: Callable[[_Lease], T], *, name: KeyName | None, operation: str) -> T:
@@ -382,8 +382,13 @@ class _TokenPool:
                 with self.module.call_lock:
                     result = fn(lease)
             except _Missing:
-                self._release(lease)
-                if attempt == 0:
+                # Not visible: either it does not exist or the login is gone
+                # (a logged-out session sees no private object).  Only the
+                # latter is worth a reconnect; a plain missing key must not
+                # log every other thread out.
+                logged_in = self._sees_private_keys(lease)
+                self._release(lease, broken=not logged_in)
+                if attempt == 0 and not logged_in:
                     self.reset(lease.generation)
                     continue
                 raise
@@ -403,6 +408,22 @@ class _TokenPool:
             self._release(lease)
             return result
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _sees_private_keys(self, lease: _Lease) -> bool:
+        """Whether the session still sees private secret keys, i.e. is logged
+        in.  (encfs root keys are private, so a token without any has none
+        of ours either: the reconnect that follows is then merely wasted.)"""
+        p11 = _pkcs11()
+        A = p11.Attribute
+        with self.module.call_lock:
+            try:
+                found = lease.session.get_objects({A.CLASS: p11.ObjectClass.SECRET_KEY, A.PRIVATE: True})
+                try:
+                    return next(found, None) is not None
+                finally:
+                    found.close()  # ends the search (C_FindObjectsFinal)
+            except p11.exceptions.PKCS11Error:
+                return False
 
     def _translate(self, exc: BaseException, name: KeyName | None, operation: str) -> KeyServiceError:
         return translate(exc, name=name, token=self.token_label, module=self.module.path, operation=operation)
