@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 SMALL_OBJECT = 1024 * 1024
 #: Decrypted segments an open reader keeps (the final one is always kept).
 SEGMENT_CACHE = 8
+#: Frames above close() searched for a context manager's ``__exit__``
+#: (text and compression wrappers sit in between).
+_EXIT_SEARCH_DEPTH = 8
 
 
 def read_header(efs: EncryptedFileSystem, path: str, prefix: bytes) -> Header:
@@ -293,15 +296,32 @@ class EncryptedWriteFile(io.IOBase):
             self._finished = True
             self.fs.keyring.record_plaintext(self._wrapped, self._written)
 
+    def _unwinding(self) -> bool:
+        """Is close() being called by a context manager's ``__exit__`` while
+        an exception raised since open() propagates?
+
+        fsspec's ``OpenFile.__exit__`` (``with fsspec.open(url, "wb")``),
+        pandas' handle cleanup and ``contextlib.closing`` close the file
+        without passing the exception on; committing there would publish a
+        truncated object.  An explicit ``close()`` in an ``except`` block
+        (no ``__exit__`` on the way) still commits, as with ordinary files.
+        """
+        exc = sys.exc_info()[1]
+        if exc is None or exc is self._exc_at_open:
+            return False
+        frame = sys._getframe(2)  # past _unwinding and close
+        for _ in range(_EXIT_SEARCH_DEPTH):
+            if frame is None:
+                return False
+            if frame.f_code.co_name == "__exit__":
+                return True
+            frame = frame.f_back
+        return False
+
     def close(self) -> None:
         if self.closed:
             return
-        exc = sys.exc_info()[1]
-        if exc is not None and exc is not self._exc_at_open:
-            # close() runs while an exception raised since open() unwinds:
-            # fsspec's OpenFile.__exit__ and pandas' handle cleanup close the
-            # file without passing the exception on, and committing here
-            # would publish a truncated object.  Drop the write instead.
+        if self._unwinding():
             self.discard()
             return
         try:

@@ -154,3 +154,27 @@ def test_dask_roundtrip(tmp_path, so, frame):
     back = dd.read_parquet(url, storage_options=so, columns=["id", "amount"]).compute()
     pd.testing.assert_frame_equal(back.sort_values("id").reset_index(drop=True),
                                   frame[["id", "amount"]], check_dtype=False, check_index_type=False)
+
+
+class _FailsAt:
+    """A cell that cannot be formatted: pandas fails part-way through a write."""
+
+    def __init__(self, i: int, bad: int) -> None:
+        self.i, self.bad = i, bad
+
+    def __str__(self) -> str:
+        if self.i == self.bad:
+            raise RuntimeError("cannot format this row")
+        return f"v{self.i}"
+
+    __repr__ = __str__
+
+
+def test_pandas_write_failing_midway_leaves_nothing(tmp_path, so):
+    """pandas closes its handle in ``__exit__`` without passing the error
+    on; encfs must still discard, not commit the rows written so far."""
+    n = 1000
+    df = pd.DataFrame({"a": range(n), "b": [_FailsAt(i, 900) for i in range(n)], "pad": ["x" * 200] * n})
+    with pytest.raises(RuntimeError, match="cannot format"):
+        df.to_csv(f"enc::file://{tmp_path}/x.csv", chunksize=10, storage_options=so)
+    assert list(tmp_path.iterdir()) == []

@@ -7,6 +7,7 @@ spying target), all-or-nothing writes and clear errors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -455,6 +456,19 @@ def test_exception_inside_fsspec_open_leaves_nothing(efs_local):
         with fsspec.open(url, "wb", keystore=os.environ["ENCFS_HOME"]) as f:
             f.write(b"complete")
     assert efs.cat_file(str(root / "w.txt")) == b"complete"
+    # contextlib.closing discards too; an explicit close() in an except block commits
+    with pytest.raises(ValueError), contextlib.closing(efs.open(str(root / "c"), "wb")) as f:
+        f.write(b"partial")
+        raise ValueError
+    assert not efs.exists(str(root / "c"))
+    f = efs.open(str(root / "c"), "wb")
+    try:
+        f.write(b"first try")
+        raise ValueError
+    except ValueError:
+        f.write(b", fallback")
+        f.close()
+    assert efs.cat_file(str(root / "c")) == b"first try, fallback"
 
 
 def test_target_error_mid_write_on_local_leaves_nothing(efs_local, monkeypatch):
