@@ -17,6 +17,7 @@ import click
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import EncfsError
+from ..file import SMALL_OBJECT
 from ..format import HEADER_REGION, MAGIC
 from ..keystore import LocalKeystore
 from .main import cli
@@ -153,9 +154,13 @@ def demo(directory: str, rows: int, keystore: str | None) -> None:
         groups = pq.ParquetFile(f).metadata.num_row_groups
     _check(back["amount"].equals(df["amount"]), f"'amount' column equals the original ({len(back):,} values)")
     fetched, at_rest = _column_read_cost(ppath, "region", options)
-    _check(groups > 1 and fetched < at_rest / 2,
-           f"{groups} row groups; pyarrow reading column 'region' (cache_type='none') fetched "
-           f"{fetched:,} of {at_rest:,} bytes at rest: only the segments covering its ranges")
+    if at_rest > SMALL_OBJECT:
+        _check(groups > 1 and fetched < at_rest / 2,
+               f"{groups} row groups; pyarrow reading column 'region' (cache_type='none') fetched "
+               f"{fetched:,} of {at_rest:,} bytes at rest: only the segments covering its ranges")
+    else:  # encfs reads objects this small in one request: fewer round trips
+        _check(groups > 1, f"{groups} row groups; the object is small ({at_rest:,} bytes at rest), "
+               "so encfs fetched it in one request")
     head = pd.read_csv(csv_url, nrows=1000, storage_options=options, parse_dates=["date"])
     _check(head["amount"].equals(df["amount"].head(1000)), "CSV decrypts to the same rows")
 
