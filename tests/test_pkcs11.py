@@ -404,6 +404,32 @@ def test_configuration_errors(hsm, monkeypatch):
         _provider(module=hsm.module)
 
 
+# -- command line --------------------------------------------------------------------------
+def test_keys_commands_with_pkcs11_keys(hsm, tmp_path):
+    from click.testing import CliRunner
+
+    from encfs.cli.main import _load_commands, cli
+
+    _load_commands()
+    if "keys" not in cli.commands:
+        pytest.skip("encfs/cli/keys.py is not in this tree")
+    run = CliRunner().invoke
+    label = unique_label("cli")
+    uri = f"pkcs11://{TOKEN}/{label}"
+    out = run(cli, ["keys", "create", "--provider", "pkcs11", "--alias", f"{TOKEN}/{label}", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["uri"] == uri
+    out = run(cli, ["keys", "rotate", uri])
+    assert out.exit_code == 0, out.output
+    out = run(cli, ["keys", "describe", uri, "--json"])
+    assert out.exit_code == 0, out.output
+    desc = json.loads(out.output)
+    assert desc["versions"] == ["1", "2"] and desc["extractable"] is False and desc["sensitive"] is True
+    out = run(cli, ["keys", "list", "--provider", "pkcs11", "--json"])
+    assert out.exit_code == 0 and uri in out.output
+    assert hsm.pins[TOKEN] not in out.output
+
+
 # -- encfs hsm init ----------------------------------------------------------------------
 def test_hsm_init_creates_a_usable_token(tmp_path):
     softhsm()  # skips when SoftHSM2 is missing
