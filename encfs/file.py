@@ -233,6 +233,7 @@ class EncryptedWriteFile(io.IOBase):
         self._finished = False
         self._committed = False
         self._discarded = False
+        self._failed = False
         # An exception already being handled when the file was opened is not
         # a reason to discard it at close (see close()).
         self._exc_at_open = sys.exc_info()[1]
@@ -257,12 +258,20 @@ class EncryptedWriteFile(io.IOBase):
         return self._written
 
     def _seal(self, data: bytes | memoryview, final: bool) -> None:
-        self._sink.write(self._cipher.seal(self._index, data, final))
+        try:
+            self._sink.write(self._cipher.seal(self._index, data, final))
+        except BaseException:
+            # The target may hold part of this segment: the object can never
+            # be completed, whatever the caller does with the error.
+            self._failed = True
+            raise
         self._index += 1
 
     def write(self, data: Any) -> int:
         if self.closed or self._finished:
             raise ValueError("I/O operation on closed file")
+        if self._failed:
+            raise OSError(f"an earlier write to {self.path} failed; this object cannot be completed")
         view = memoryview(data).cast("B")
         n = len(view)
         seg = self.segment_size
@@ -323,6 +332,14 @@ class EncryptedWriteFile(io.IOBase):
             return
         if self._unwinding():
             self.discard()
+            return
+        if self._failed:
+            # A write raised (target error) and the caller closed anyway, e.g.
+            # pandas closes its handle in a ``finally``.  Never commit a
+            # partial object; say so unless that error is still propagating.
+            self.discard()
+            if sys.exc_info()[1] is None:
+                raise OSError(f"an earlier write to {self.path} failed; nothing was stored")
             return
         try:
             self._finish()

@@ -489,6 +489,41 @@ def test_target_error_mid_write_on_local_leaves_nothing(efs_local, monkeypatch):
     assert _raw_files(root) == []
 
 
+def test_write_error_poisons_the_file(efs_local, monkeypatch):
+    """After a target error in write(), closing (from a finally, or after the
+    caller swallowed the error) must not commit the partial object."""
+    efs, root = efs_local
+    failing = [False]
+    real_write = LocalSink.write
+
+    def write(self, data):
+        if failing[0]:
+            raise OSError(28, "No space left on device")
+        real_write(self, data)
+
+    monkeypatch.setattr(LocalSink, "write", write)
+    f = efs.open(str(root / "p1"), "wb")
+    f.write(os.urandom(5 * 65536))
+    failing[0] = True
+    with pytest.raises(OSError, match="No space"):
+        try:
+            f.write(os.urandom(5 * 65536))
+        finally:
+            f.close()  # while the error propagates: discard quietly
+    failing[0] = False
+    f = efs.open(str(root / "p2"), "wb")
+    f.write(os.urandom(2 * 65536))
+    failing[0] = True
+    with contextlib.suppress(OSError):
+        f.write(os.urandom(5 * 65536))
+    failing[0] = False
+    with pytest.raises(OSError, match="earlier write"):
+        f.write(b"more")
+    with pytest.raises(OSError, match="nothing was stored"):
+        f.close()
+    assert _raw_files(root) == []
+
+
 def test_target_error_at_commit_on_local_leaves_nothing(efs_local, monkeypatch):
     efs, root = efs_local
 
