@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..errors import EncfsError
+from ..errors import ConfigurationError, EncfsError
 from ..format import PATH_KEY, plaintext_size, segment_count
 from ..fs import EncryptedFileSystem
 from . import copying
@@ -184,6 +184,8 @@ def info(url: str, as_json: bool, keys: tuple[str, ...], keystore: str | None, o
     """Show an encrypted object's header: format, suite, segment size, object id,
     sizes, key ids and versions, encryption context.  Never any key material."""
     fs, path, _ = _enc(url, keys, keystore, options)
+    if fs.isdir(path):
+        raise ConfigurationError(f"{path} is a directory; encfs info describes one object (try encfs ls -l)")
     report = describe_object(fs, path)
     if as_json:
         click.echo(json.dumps(report, indent=2, sort_keys=True))
