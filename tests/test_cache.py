@@ -558,7 +558,8 @@ def test_multiprocessing_fork_workers_do_not_share_key_state(parent_fs):
     efs, entry, provider = parent_fs
     _FORK_STATE.update(efs=efs, entry=entry, provider=provider)
     try:
-        with multiprocessing.get_context("fork").Pool(2) as pool:
+        # One task per worker: a reused worker would see its own earlier keys.
+        with multiprocessing.get_context("fork").Pool(2, maxtasksperchild=1) as pool:
             reports = pool.map(_pool_worker, range(2))
     finally:
         _FORK_STATE.clear()
