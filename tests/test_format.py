@@ -409,3 +409,40 @@ def test_encrypt_decrypt_object_sizes(size: int) -> None:
     assert plaintext_size(len(blob), 1024) == size
     header, out = decrypt_object(blob, dek, "x")
     assert out == data and header.object_id == oid
+
+
+# -- segment cipher ---------------------------------------------------------------------
+
+
+def test_segment_nonce_layout() -> None:
+    from encfs.format import SegmentCipher
+
+    assert SegmentCipher.nonce(0, False) == bytes(12)
+    assert SegmentCipher.nonce(1, True) == b"\x00" * 7 + b"\x01" + b"\x00\x00\x00\x01"
+    assert SegmentCipher.nonce(2**64 - 2, False) == b"\xff" * 7 + b"\xfe" + bytes(4)
+    for bad in (-1, 2**64 - 1, 2**64):
+        with pytest.raises(ValueError):
+            SegmentCipher.nonce(bad, False)
+
+
+def test_segment_open_checks_index_final_flag_and_tag() -> None:
+    import pickle
+
+    from encfs.format import SegmentAuthError, SegmentCipher
+
+    key = os.urandom(32)
+    c = SegmentCipher(key)
+    sealed = c.seal(3, b"payload", False)
+    assert len(sealed) == len(b"payload") + TAG_BYTES
+    assert c.open(3, sealed, False) == b"payload"
+    for index, final, data in [(3, True, sealed), (2, False, sealed), (4, False, sealed), (3, False, sealed[:-1]),
+                               (3, False, sealed[:TAG_BYTES - 1]), (3, False, b""), (3, False, sealed + b"\x00")]:
+        with pytest.raises(SegmentAuthError):
+            c.open(index, data, final)
+    with pytest.raises(SegmentAuthError):
+        SegmentCipher(os.urandom(32)).open(3, sealed, False)
+    empty_final = c.seal(0, b"", True)
+    assert len(empty_final) == TAG_BYTES and c.open(0, empty_final, True) == b""
+    assert key.hex() not in repr(c)
+    with pytest.raises(TypeError):
+        pickle.dumps(c)

@@ -135,11 +135,14 @@ _RACE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("round_", range(2))
-def test_default_key_race_between_processes(tmp_path: Path, round_: int) -> None:
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
+def test_default_key_race_between_processes(tmp_path: Path, monkeypatch, sealed: bool) -> None:
     """Four processes ask for the default key at the same instant: exactly one
-    key is created and every process gets it."""
+    key is created and every process gets it (also when the new keystore is
+    sealed, where each racer would pick its own scrypt salt)."""
     home, go = tmp_path / "home", tmp_path / "go"
+    if sealed:
+        monkeypatch.setenv("ENCFS_PASSPHRASE", "race")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(home), str(go)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, env=env, text=True) for _ in range(4)]
@@ -154,6 +157,8 @@ def test_default_key_race_between_processes(tmp_path: Path, round_: int) -> None
     ks = LocalKeystore(home)
     assert ks.list_ids() == sorted(ids)
     assert ks.aliases()["default"] in ids
+    assert len(_material(ks, ids.pop())) == 32
+    assert bool(json.loads((home / "keystore.json").read_text())["sealing"]) is sealed
 
 
 # -- aliases and rotation ----------------------------------------------------------------

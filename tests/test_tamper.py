@@ -25,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import encfs.file
 from encfs import EncryptedFileSystem
 from encfs.errors import (
     ConfigurationError,
+    EncfsError,
     FormatError,
     IntegrityError,
     KeyServiceError,
@@ -621,3 +624,114 @@ def test_local_path_spellings_bind_one_path(tmp_path: Path, encfs_home) -> None:
     os.rename(d / "f", d / "g")
     with pytest.raises(IntegrityError):
         efs.cat_file(f"{d}/sub/../g")
+
+
+# -- random damage (hypothesis) ---------------------------------------------------------------
+
+edits = st.lists(
+    st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, 2**31), st.integers(0, 7)),
+        st.tuples(st.just("set"), st.integers(0, 2**31), st.integers(0, 255)),
+        st.tuples(st.just("delete"), st.integers(0, 2**31), st.integers(1, 2 * STRIDE)),
+        st.tuples(st.just("insert"), st.integers(0, 2**31), st.binary(min_size=1, max_size=64)),
+        st.tuples(st.just("truncate"), st.integers(0, 2**31), st.just(0)),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+def _damage(raw: bytes, ops: list[tuple[str, int, Any]]) -> bytes:
+    data = bytearray(raw)
+    for op, at, arg in ops:
+        pos = at % (len(data) + 1)
+        if op == "flip" and pos < len(data):
+            data[pos] ^= 1 << arg
+        elif op == "set" and pos < len(data):
+            data[pos] = arg
+        elif op == "delete":
+            del data[pos : pos + arg]
+        elif op == "insert":
+            data[pos:pos] = arg
+        elif op == "truncate":
+            del data[pos:]
+    return bytes(data)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(ops=edits, ranged=st.booleans())
+def test_random_damage_never_yields_wrong_bytes(memfs, encfs_home, monkeypatch, ops, ranged) -> None:
+    monkeypatch.setenv("ENCFS_AUDIT_LOG", "off")
+    efs = EncryptedFileSystem(fs=memfs, keystore=str(encfs_home), segment_size=SEG, skip_instance_cache=True)
+    plain = _plain(20)
+    path, original = "/fuzz/obj.bin", "/fuzz/original"
+    if not memfs.exists(original):  # once per test run: memfs outlives the examples
+        efs.pipe_file(path, plain)
+        memfs.pipe_file(original, memfs.cat_file(path))
+    raw = memfs.cat_file(original)
+    bad = _damage(raw, ops)
+    if bad == raw:
+        return
+    memfs.pipe_file(path, bad)
+    saved = encfs.file.SMALL_OBJECT
+    encfs.file.SMALL_OBJECT = 0 if ranged else saved
+    try:
+        problems = check_reads(efs, path, plain, EncfsError, partial_must_fail=False)
+    finally:
+        encfs.file.SMALL_OBJECT = saved
+        memfs.pipe_file(path, raw)
+    assert not problems, "\n".join(problems)
+
+
+
+def test_several_wrapped_keys(target: Target) -> None:
+    """An object wrapped under two root keys: a damaged or substituted entry is
+    harmless while another entry unwraps to the committed data key (it never
+    yields another key's plaintext); with every entry bad, IntegrityError."""
+    from dataclasses import replace
+
+    from encfs.format import replace_wrapped_keys
+
+    ks = LocalKeystore(target.home)
+    ks.create_key(alias="k-one")
+    ks.create_key(alias="k-two")
+    two = target.sibling(key=["local://k-one", "local://k-two"], cache=False)
+    plain, other_plain = _plain(21), _plain(22)
+    path, other = target.path("two.bin"), target.path("other.bin")
+    two.pipe_file(path, plain)
+    two.pipe_file(other, other_plain)
+    raw, raw_other = target.get_raw(path), target.get_raw(other)
+    h, h_other = parse_header(raw[:HEADER_REGION]), parse_header(raw_other[:HEADER_REGION])
+    e1, e2 = h.wrapped_keys
+    o1, o2 = h_other.wrapped_keys
+
+    def flipped(e):
+        blob = bytearray(e.wrapped)
+        blob[-1] ^= 1
+        return replace(e, wrapped=bytes(blob))
+
+    def with_entries(entries) -> bytes:
+        return replace_wrapped_keys(raw[:HEADER_REGION], h, entries) + raw[HEADER_REGION:]
+
+    harmless = {"first damaged": [flipped(e1), e2], "second damaged": [e1, flipped(e2)],
+                "first from another object": [o1, e2], "extra foreign entry": [o2, o1, e1]}
+    fatal = {"both damaged": [flipped(e1), flipped(e2)], "both from another object": [o1, o2],
+             "foreign entries only": [o2]}
+    problems: list[str] = []
+    for label, entries in harmless.items():
+        target.put_raw(path, with_entries(entries))
+        for efs in (two, target.sibling(cache=False)):
+            try:
+                out = efs.cat_file(path)
+            except EncfsError as exc:
+                problems.append(f"{label}: {type(exc).__name__}")
+                continue
+            if out != plain:
+                problems.append(f"{label}: WRONG BYTES")
+    for label, entries in fatal.items():
+        target.put_raw(path, with_entries(entries))
+        for efs in (two, target.sibling(cache=False)):
+            problems += [f"{label}: {p}" for p in check_reads(efs, path, plain, IntegrityError,
+                                                               partial_must_fail=True, exact=IntegrityError)]
+    assert not problems, "\n".join(problems)
