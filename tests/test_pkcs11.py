@@ -31,7 +31,6 @@ from encfs.errors import (
 )
 from encfs.providers import KeyRef
 
-
 CTX = {"dataset": "sales"}
 
 
