@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import KiB, MiB, Report, Target, interleaved, mbps, parser, table, temp_dir  # noqa: E402
+from _common import KiB, MiB, Report, Target, interleaved, interleaved_wall_cpu, mbps, parser, table, temp_dir  # noqa: E402
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from fsspec.implementations.local import LocalFileSystem  # noqa: E402
@@ -158,7 +158,7 @@ def main_comparison(size: int, rounds: int, keystore: str, workdir: str, report:
              "plain file://": rm(local, pfile), "plain file:// + fsync": rm(local, pfile_sync),
              "enc::file://": rm(local, efile)}
     print(f"writes: {size // MiB} MiB x {rounds} rounds, interleaved ...", flush=True)
-    wt = interleaved(writes, rounds, setup)
+    wt, wc = interleaved_wall_cpu(writes, rounds, setup)
     # The writes of the last round stay in place for the reads.
     raw_blob = memoryview(b"".join(seal_all(aead, payload, seg)))
     reads: dict[str, Callable[[], object]] = {
@@ -170,7 +170,7 @@ def main_comparison(size: int, rounds: int, keystore: str, workdir: str, report:
     }
     assert enc_mem.cat_file("/e", start=size - 10) == bytes(payload[-10:])  # sanity: it really round-trips
     print(f"reads: {size // MiB} MiB x {rounds} rounds, interleaved ...", flush=True)
-    rt = interleaved(reads, rounds)
+    rt, rc = interleaved_wall_cpu(reads, rounds)
     for p in (pfile, pfile_sync, efile):
         if os.path.exists(p):
             os.unlink(p)
@@ -179,17 +179,28 @@ def main_comparison(size: int, rounds: int, keystore: str, workdir: str, report:
     rows = []
     for name, t in wt.items():
         rows.append({"op": "write", "case": name, "MiB/s": mbps(size, t), "vs plain memory write": base_w / t,
+                     "vs plain memory write (CPU time)": wc["plain memory://"] / wc[name],
                      "vs raw AES-GCM": wt["raw AES-GCM encrypt"] / t})
     for name, t in rt.items():
-        rows.append({"op": "read", "case": name, "MiB/s": mbps(size, t), "vs plain memory read": rt["plain memory://"] / t,
-                     "vs raw AES-GCM": base_r / t})
+        rows.append({"op": "read", "case": name, "MiB/s": mbps(size, t), "vs raw AES-GCM": base_r / t,
+                     "vs raw AES-GCM (CPU time)": rc["raw AES-GCM decrypt"] / rc[name],
+                     "vs plain memory read": rt["plain memory://"] / t})
     report.rows.extend(rows)
-    print(table(["op", "case", "MiB/s", "ratio to baseline"],
+    print(table(["op", "case", "MiB/s", "ratio (wall)", "ratio (CPU time)"],
                 [[r["op"], r["case"], r["MiB/s"],
-                  f"{r.get('vs plain memory write', r.get('vs raw AES-GCM')):.2f}x"] for r in rows]))
+                  f"{r.get('vs plain memory write', r.get('vs raw AES-GCM')):.2f}x",
+                  f"{r.get('vs plain memory write (CPU time)', r.get('vs raw AES-GCM (CPU time)')):.2f}x"]
+                 for r in rows]))
     print("  (write ratios vs plain memory:// write; read ratios vs raw AES-GCM decrypt)")
-    report.targets.append(Target("enc::memory:// write / plain memory:// write", base_w / wt["enc::memory://"], ">=", 0.6))
-    report.targets.append(Target("enc::memory:// read / raw AES-GCM decrypt", base_r / rt["enc::memory://"], ">=", 0.5))
+    # The targets compare the cost of encfs's code with the baselines', so
+    # they use CPU time: wall time on this shared 2-core machine also counts
+    # the time spent waiting for a core.  Wall-time ratios are in the table.
+    report.targets.append(Target("enc::memory:// write / plain memory:// write (CPU time)",
+                                 wc["plain memory://"] / wc["enc::memory://"], ">=", 0.6))
+    report.targets.append(Target("enc::memory:// read / raw AES-GCM decrypt (CPU time)",
+                                 rc["raw AES-GCM decrypt"] / rc["enc::memory://"], ">=", 0.5))
+    report.notes.append(f"wall-time ratios: write {base_w / wt['enc::memory://']:.2f}x, "
+                        f"read {base_r / rt['enc::memory://']:.2f}x")
     report.params["enc_file_write_vs_plain_file_fsync"] = wt["plain file:// + fsync"] / wt["enc::file://"]
     report.params["enc_file_read_vs_plain_file_read"] = rt["plain file://"] / rt["enc::file://"]
 
@@ -262,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             ssize = min(size, 64 * MiB)
             print(f"segment-size sweep: {ssize // MiB} MiB through enc::memory://, {rounds} rounds ...", flush=True)
             sweep(ssize, rounds, ks, report, random_reads=20 if args.quick else 100)
+    report.params["quick"] = bool(args.quick)
     report.print_targets()
     report.save(args.json)
     return 0
