@@ -338,6 +338,35 @@ def test_pool_bounds_sessions_under_threads(hsm, hsm_key):
     assert errors == []
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_starts_its_own_sessions(hsm, hsm_key):
+    provider = _provider()
+    ref = KeyRef.parse(hsm_key)
+    wrapped = provider.wrap(ref, b"f" * 32, CTX)  # the parent has a pool and a login
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must re-initialise the module, log in and unwrap by itself
+        status = 1
+        try:
+            os.close(read_end)
+            from encfs.providers import pkcs11 as module
+
+            fresh = not module._MODULES  # none of the parent's pools, sessions or locks
+            ok = fresh and provider.unwrap(wrapped, CTX) == b"f" * 32
+            os.write(write_end, b"ok" if ok else b"wrong")
+            status = 0
+        except BaseException as exc:  # noqa: BLE001  (reported to the parent through the pipe)
+            os.write(write_end, type(exc).__name__.encode())
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert answer == b"ok" and os.WEXITSTATUS(status) == 0
+    assert provider.unwrap(wrapped, CTX) == b"f" * 32  # the parent's sessions are untouched
+
+
 # -- errors at the boundary ------------------------------------------------------------
 def test_pin_errors_name_the_token_never_the_pin(hsm, monkeypatch, tmp_path):
     # All steps on the second token, which no other test logs in to: login
