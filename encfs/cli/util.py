@@ -28,7 +28,8 @@ from ..errors import ConfigurationError
 ENC_PREFIX = "enc::"
 #: Option names the ``enc`` layer accepts from ``-o enc.NAME=VALUE``.  Keys are
 #: given with --key, the keystore with --keystore, so they are not listed.
-ENC_OPTIONS = frozenset({"decrypt_keys", "context", "segment_size", "providers", "bind_path", "read_block_size"})
+ENC_OPTIONS = frozenset({"decrypt_keys", "context", "segment_size", "providers", "bind_path", "read_block_size",
+                         "cache"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
