@@ -208,14 +208,16 @@ def demo(directory: str, rows: int, keystore: str | None) -> None:
 
     _step(8, "Try next")
     q = shlex.quote
-    for cmd in (
+    commands = [
         f"encfs ls -l {q(str(folder))}",
         f"encfs info {q(str(folder / 'sales.parquet'))}",
         f"encfs cat {q(str(folder / 'sales.csv'))} | head -5",
         f"encfs verify {q(str(folder))}",
         f"encfs cp -r enc::{q(str(folder))} {q(str(folder) + '-plain')}",
-        "encfs keys list",
-    ):
+    ]
+    if "keys" in cli.commands:  # registered by encfs/cli/keys.py when installed
+        commands.append("encfs keys list")
+    for cmd in commands:
         click.echo(f"  $ {cmd}")
     click.echo(f"  python: pd.read_parquet({parquet_url!r}, columns=['region', 'amount'])")
     click.echo()
