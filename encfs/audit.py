@@ -64,7 +64,7 @@ def principal() -> str:
         return value
     try:
         user = getpass.getuser()
-    except Exception:  # no passwd entry (containers): fall back to the uid
+    except (KeyError, OSError):  # no passwd entry (containers): fall back to the uid
         user = f"uid{os.getuid()}"
     return f"{user}@{socket.gethostname()}"
 
@@ -274,7 +274,7 @@ def _key_matches(wanted: str | list[str], rec: Mapping[str, Any]) -> bool:
     for w in [wanted] if isinstance(wanted, str) else wanted:
         uri = w if "://" in w else f"local://{w}"
         scheme, _, name = uri.partition("://")
-        bare = name[len("alias/") :] if name.startswith("alias/") else name
+        bare = name.removeprefix("alias/")
         if {uri, f"{scheme}://{bare}", f"{scheme}://alias/{bare}"} & names:
             return True
     return False
@@ -318,6 +318,20 @@ def get_log(home: str | os.PathLike[str] | None = None) -> AuditLog | None:
         if log is None:
             log = _LOGS[path] = AuditLog(path)
         return log
+
+
+def _after_fork_in_child() -> None:
+    # A parent thread may have held these locks at fork time; the child has
+    # only one thread, so fresh locks are correct.  The tail cache stays
+    # valid: it is checked against the file's inode and size on every append.
+    global _LOGS_LOCK
+    _LOGS_LOCK = threading.Lock()
+    for log in _LOGS.values():
+        log._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the auditing provider proxy -------------------------------------------------
@@ -446,7 +460,7 @@ class AuditedProvider(KeyProvider):
             return None
         try:
             return f"{ref.scheme}://{self.inner.resolve(ref)}"
-        except Exception:  # unknown or deleted: record what was asked for
+        except Exception:  # noqa: BLE001 - unknown or deleted: record what was asked for; never fail the audit
             return str(ref)
 
     def create_key(self, **kwargs: Any) -> KeyInfo:
@@ -494,5 +508,15 @@ def audited(provider: KeyProvider, home: str | os.PathLike[str] | None = None) -
     return provider if log is None else AuditedProvider(provider, log)
 
 
-__all__ = ["AuditLog", "AuditError", "AuditedProvider", "VerifyResult", "audited", "get_log", "log_path",
-           "parse_when", "principal", "record_hash"]
+__all__ = [
+    "AuditError",
+    "AuditLog",
+    "AuditedProvider",
+    "VerifyResult",
+    "audited",
+    "get_log",
+    "log_path",
+    "parse_when",
+    "principal",
+    "record_hash",
+]

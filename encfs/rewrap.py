@@ -281,4 +281,4 @@ def rewrap(
     return report
 
 
-__all__ = ["rewrap", "Rewrapper", "RewrapReport", "RewrapResult", "list_objects"]
+__all__ = ["RewrapReport", "RewrapResult", "Rewrapper", "list_objects", "rewrap"]

@@ -6,8 +6,10 @@ processes) never tear or fork the chain."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import multiprocessing
+import os
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -15,7 +17,15 @@ import pytest
 
 from encfs import EncryptedFileSystem
 from encfs.audit import (
-    GENESIS, AuditedProvider, AuditLog, audited, get_log, log_path, parse_when, principal, record_hash,
+    GENESIS,
+    AuditedProvider,
+    AuditLog,
+    audited,
+    get_log,
+    log_path,
+    parse_when,
+    principal,
+    record_hash,
 )
 from encfs.cli.main import main
 from encfs.errors import ConfigurationError, KeyStateError
@@ -120,7 +130,7 @@ def test_chain_links(log):
     recs = list(log.records())
     assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
     assert recs[0]["prev"] == GENESIS
-    for a, b in zip(recs, recs[1:]):
+    for a, b in itertools.pairwise(recs):
         assert b["prev"] == a["hash"] == record_hash(a)
     result = log.verify()
     assert result.ok and result.count == 5 and result.head == recs[-1]["hash"]
@@ -298,3 +308,29 @@ def test_cli_audit_filters_and_verify(memfs, encfs_home, capsys):
     assert code == 1 and "chain broken" in err and "failed verification" in err
     code, _, err = _run(["audit", "--since", "someday"], capsys)
     assert code == 1 and err.startswith("encfs: error: invalid time")
+
+
+def test_forked_child_can_append_while_a_parent_thread_holds_the_lock(tmp_path):
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork")
+    log = get_log(tmp_path)
+    log.append("wrap")
+    with log._lock:  # as if another parent thread were mid-append at fork time
+        pid = os.fork()
+        if pid == 0:  # child: must not deadlock on the inherited lock
+            try:
+                log.append("unwrap")
+            finally:
+                os._exit(0)
+    import time
+
+    deadline = time.monotonic() + 60  # a deadlocked child must fail the test, not hang it
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("forked child deadlocked on the audit log lock")
+    assert done[1] == 0
+    result = AuditLog(log.path).verify()
+    assert result.ok and result.count == 2

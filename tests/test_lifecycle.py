@@ -12,8 +12,7 @@ import os
 import pytest
 
 from encfs import EncryptedFileSystem
-from encfs.errors import ConfigurationError, KeyNotFoundError, KeystoreError, KeyStateError
-from encfs.format import HEADER_REGION, parse_header
+from encfs.errors import ConfigurationError, KeyNotFoundError, KeyStateError, KeystoreError
 from encfs.keystore.store import DAY, LocalKeystore, _ts
 from encfs.keystore.transfer import open_bundle, seal_bundle
 from encfs.providers.base import KeyRef

@@ -215,7 +215,7 @@ def test_cli_rewrap_subprocess(tmp_path, encfs_home):
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "encfs.cli", *args], env=env, capture_output=True, text=True,
-                              timeout=120)
+                              timeout=120, check=False)
 
     p = run("rewrap", "--dry-run", "--to", "next", str(lake))
     assert p.returncode == 0 and "dry run: 1 would-rewrap" in p.stdout

@@ -10,14 +10,14 @@ every call goes through the auditing proxy (one audit record each).
 from __future__ import annotations
 
 import json
-import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
 from ..audit import audited, get_log
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, EncfsError
 from ..keystore.store import DEFAULT_DELETION_DAYS, LocalKeystore
 from ..providers import KeyInfo, KeyProvider, KeyRef, make_provider
 from .main import cli
@@ -282,7 +282,7 @@ def alias_create(obj: _Ctx, alias: str, key: str) -> None:
     else:
         try:
             provider.resolve(KeyRef(ref.scheme, name if name.startswith("alias/") else "alias/" + name))
-        except Exception:
+        except EncfsError:  # no such alias yet: create it
             provider.set_alias(name, ref)
         else:
             raise ConfigurationError(f"alias {name!r} already exists (use 'alias update')")
@@ -398,8 +398,6 @@ def export(obj: _Ctx, dest: str, keys: tuple[str, ...]) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
     else:
-        from pathlib import Path
-
         path = Path(dest).expanduser().absolute()
         atomic_write_bytes(path, data)  # 0600: the bundle is only as strong as its passphrase
         click.echo(f"exported {len(records['keys'])} key(s) to {path}", err=True)
@@ -412,7 +410,7 @@ def import_cmd(obj: _Ctx, src: str) -> None:
     """Import keys from an export FILE ('-' reads stdin) into the local keystore."""
     from ..keystore.transfer import export_passphrase, open_bundle
 
-    data = sys.stdin.buffer.read() if src == "-" else open(os.path.expanduser(src), "rb").read()
+    data = sys.stdin.buffer.read() if src == "-" else Path(src).expanduser().read_bytes()
     records = open_bundle(data, export_passphrase(confirm=False))
     ks = obj.local_keystore()
     report = ks.import_records(records)

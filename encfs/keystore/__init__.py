@@ -2,4 +2,4 @@
 
 from .store import DEFAULT_ALIAS, LocalKeystore, default_home
 
-__all__ = ["LocalKeystore", "DEFAULT_ALIAS", "default_home"]
+__all__ = ["DEFAULT_ALIAS", "LocalKeystore", "default_home"]

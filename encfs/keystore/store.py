@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigurationError, KeyNotFoundError, KeystoreError, KeyStateError
+from ..errors import ConfigurationError, KeyNotFoundError, KeyStateError, KeystoreError
 from .sealing import PASSPHRASE_ENV, Sealer, b64d, b64e, get_passphrase
 from .storage import JsonFileStore
 
@@ -66,7 +66,7 @@ def _ts(iso: str) -> float:
 
 def normalize_alias(name: str) -> str:
     """Aliases may be written with or without AWS's ``alias/`` prefix."""
-    name = name[len("alias/") :] if name.startswith("alias/") else name
+    name = name.removeprefix("alias/")
     if not name or len(name) > 256 or name.startswith("/") or any(c.isspace() for c in name):
         raise ConfigurationError(f"invalid alias {name!r}")
     return name
@@ -386,8 +386,8 @@ class LocalKeystore:
     def managed_key(self, name: str) -> str:
         """The encfs-managed key of a store or dataset (alias
         ``encfs/<name>``), created on first use and rotated automatically."""
-        name = name[len("alias/") :] if name.startswith("alias/") else name
-        name = name[len(MANAGED_PREFIX) :] if name.startswith(MANAGED_PREFIX) else name
+        name = name.removeprefix("alias/")
+        name = name.removeprefix(MANAGED_PREFIX)
         alias = normalize_alias(MANAGED_PREFIX + name)
         return self._ensure_managed(alias, f"encfs-managed key for {name}")
 

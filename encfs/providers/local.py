@@ -56,7 +56,7 @@ class LocalProvider(KeyProvider):
     def unwrap(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytes:
         if not wrapped.version.isdigit():
             raise IntegrityError()
-        version, material = self.keystore._material(wrapped.key_id, int(wrapped.version), for_wrap=False)
+        _, material = self.keystore._material(wrapped.key_id, int(wrapped.version), for_wrap=False)
         blob = wrapped.wrapped
         try:
             dek = AESGCM(material).decrypt(blob[:_NONCE], blob[_NONCE:], _aad(wrapped.key_id, wrapped.version, context))
