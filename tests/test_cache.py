@@ -651,6 +651,9 @@ def test_stats_reads_paths_and_reports_this_commands_calls(efs_local, encfs_home
     off = json.loads(_run_cli(["stats", "--no-cache", str(root / "d"), "--keystore", str(encfs_home),
                                "--json"]).output)
     assert off["stats"]["unwrap_calls"] == 5 and off["stats"]["cache_enabled"] is False
+    age0 = json.loads(_run_cli(["stats", "-o", 'enc.cache={"max_age": 0}', str(root / "d"),
+                                "--keystore", str(encfs_home), "--json"]).output)
+    assert age0["stats"]["unwrap_calls"] == 5 and age0["stats"]["limits"]["max_age"] == 0
     bad = _run_cli(["stats", str(root / "d" / "0.bin"), str(root / "missing"), "--keystore", str(encfs_home)])
     assert bad.exit_code == 1 and "read 1 object(s)" in bad.output
 
