@@ -676,3 +676,10 @@ def test_instance_cache_follows_encfs_home(tmp_path, monkeypatch):
     b.pipe_file("/home-b-object", b"x")
     assert (tmp_path / "home-b").is_dir() and not (tmp_path / "home-a").exists()
     b.rm("/home-b-object")
+
+
+def test_copying_a_plaintext_file_is_refused(efs_mem, memfs):
+    memfs.pipe_file("/plain.txt", b"not encrypted, not ours" * 300)
+    with pytest.raises(FormatError, match="/plain.txt"):
+        efs_mem.cp_file("/plain.txt", "/copy.txt")
+    assert not memfs.exists("/copy.txt")
