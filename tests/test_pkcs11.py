@@ -458,6 +458,33 @@ def test_keys_commands_with_pkcs11_keys(hsm, tmp_path):
     assert hsm.pins[TOKEN] not in out.output
 
 
+def test_hsm_check(hsm, hsm_key, session, p11):
+    from click.testing import CliRunner
+
+    from encfs.cli.main import _load_commands, cli
+
+    _load_commands()
+    out = CliRunner().invoke(cli, ["hsm", "check", hsm_key])
+    assert out.exit_code == 0, out.output
+    assert "round trip:       ok (version 1)" in out.output and "never extractable" in out.output
+
+    # A key provisioned by other tools with the encfs naming but a weak
+    # template: usable, but the check refuses it (and describe says why).
+    A = p11.Attribute
+    label = unique_label("weak")
+    session.generate_key(p11.KeyType.AES, 256, label=label, id=(1).to_bytes(4, "big"), store=True,
+                         template={A.PRIVATE: True, A.SENSITIVE: False, A.EXTRACTABLE: True})
+    weak = f"pkcs11://{TOKEN}/{label}"
+    assert _provider().describe(KeyRef.parse(weak)).extra["extractable"] is True
+    # rotating adds a strong version 2, but version 1 can still leave the token
+    assert _provider().rotate_key(KeyRef.parse(weak)).extra["extractable"] is True
+    out = CliRunner().invoke(cli, ["hsm", "check", weak])
+    assert out.exit_code != 0 and isinstance(out.exception, ConfigurationError)
+    assert "extractable=True" in str(out.exception) and "sensitive=False" in str(out.exception)
+    out = CliRunner().invoke(cli, ["hsm", "check", "local://default"])
+    assert isinstance(out.exception, ConfigurationError)
+
+
 # -- encfs hsm init ----------------------------------------------------------------------
 def test_hsm_init_creates_a_usable_token(tmp_path):
     softhsm()  # skips when SoftHSM2 is missing

@@ -152,3 +152,36 @@ def hsm_init(directory: str | None, token: str, module: str | None, key_label: s
         f"# Remove it: rm -rf {shlex.quote(str(setup.directory))}",
         err=True,
     )
+
+
+#: What ``encfs hsm check`` requires of a root key (attribute -> value).
+KEY_POLICY = {"sensitive": True, "always_sensitive": True, "extractable": False, "never_extractable": True}
+
+
+@hsm.command("check")
+@click.argument("key")
+@click.option("--module", default=None, help="PKCS#11 module (default $ENCFS_PKCS11_MODULE).")
+def hsm_check(key: str, module: str | None) -> None:
+    """Check that KEY (pkcs11://TOKEN/LABEL) is usable: the module loads, the
+    token is there, the PIN works, every version of the key stays inside the
+    token, and a data key round-trips through it."""
+    from ..providers.base import KeyRef
+    from ..providers.pkcs11 import Pkcs11Provider
+
+    ref = KeyRef.parse(key)
+    if ref.scheme != "pkcs11":
+        raise ConfigurationError(f"{key} is not a pkcs11:// key")
+    provider = Pkcs11Provider(module)
+    info = provider.describe(ref)
+    click.echo(f"key:              {info.uri}\nmodule:           {provider.module_path}")
+    click.echo(f"versions:         {', '.join(info.versions)} (current {info.current_version})")
+    bad = [f"{attr}={info.extra.get(attr)}" for attr, want in KEY_POLICY.items() if info.extra.get(attr) is not want]
+    context = {"check": "encfs hsm check"}
+    dek = os.urandom(32)
+    wrapped = provider.wrap(ref, dek, context)
+    if provider.unwrap(wrapped, context) != dek:
+        raise ConfigurationError(f"{info.uri}: a wrapped data key did not come back unchanged")
+    click.echo(f"round trip:       ok (version {wrapped.version})")
+    if bad:
+        raise ConfigurationError(f"{info.uri} can leave the token or be read: {', '.join(bad)}")
+    click.echo("attributes:       sensitive, never extractable")

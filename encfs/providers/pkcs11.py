@@ -492,6 +492,8 @@ class Pkcs11Provider(KeyProvider):
 
     # -- plumbing --------------------------------------------------------------------
     def _pool(self, token: str) -> _TokenPool:
+        # Shared by every provider of the process (login is per application
+        # and token); the first one to use a token sets its session bound.
         return _module(self.module_path).pool(token, self.max_sessions)
 
     def _name(self, ref: KeyRef) -> KeyName:
@@ -508,7 +510,7 @@ class Pkcs11Provider(KeyProvider):
         out: dict[int, list[Any]] = {}
         for obj in found:
             ident = obj[A.ID]
-            if isinstance(ident, bytes) and len(ident) == _ID.size:
+            if isinstance(ident, bytes) and len(ident) == _ID.size and _ID.unpack(ident)[0] > 0:
                 out.setdefault(_ID.unpack(ident)[0], []).append(obj)
         return out
 
@@ -618,17 +620,22 @@ class Pkcs11Provider(KeyProvider):
             versions = self._versions(lease, name)
             if not versions:
                 raise _Missing()
-            current = versions[max(versions)][0]
+            objs = [obj for group in versions.values() for obj in group]
+
+            def every(attr: Any) -> bool:
+                return all(bool(obj[attr]) for obj in objs)
+
+            # Attributes over *all* versions: one extractable old version is
+            # enough for the key's material to leave the token.
             return KeyInfo(
                 uri=name.uri, key_id=name.key_id, provider=self.scheme, state="Enabled",
                 current_version=str(max(versions)), versions=[str(n) for n in sorted(versions)],
                 extra={
                     "token": name.token, "label": name.label, "module": self.module_path,
-                    "key_type": f"AES-{8 * int(current[A.VALUE_LEN])}",
-                    "sensitive": bool(current[A.SENSITIVE]), "extractable": bool(current[A.EXTRACTABLE]),
-                    "always_sensitive": bool(current[A.ALWAYS_SENSITIVE]),
-                    "never_extractable": bool(current[A.NEVER_EXTRACTABLE]),
-                    "generated_in_token": bool(current[A.LOCAL]),
+                    "key_type": "/".join(sorted({f"AES-{8 * int(obj[A.VALUE_LEN])}" for obj in objs})),
+                    "sensitive": every(A.SENSITIVE), "extractable": any(bool(obj[A.EXTRACTABLE]) for obj in objs),
+                    "always_sensitive": every(A.ALWAYS_SENSITIVE), "never_extractable": every(A.NEVER_EXTRACTABLE),
+                    "generated_in_token": every(A.LOCAL),
                 },
             )
 
