@@ -408,3 +408,27 @@ def test_sealed_keystore_export_reseals(tmp_path, monkeypatch, memfs):
     plain = LocalKeystore(tmp_path / "plain")
     plain.import_records(records)
     assert plain.export_records([kid])["keys"][kid]["versions"] == records["keys"][kid]["versions"]
+
+
+def test_read_only_keystore_still_serves_and_never_unlocks_a_deleted_key(ks, prov, clock, monkeypatch):
+    kid = ks.create_key(rotation_days=90)
+    doomed = ks.create_key()
+    w = prov.wrap(KeyRef("local", kid), b"\x04" * 32, {})
+    wd = prov.wrap(KeyRef("local", doomed), b"\x05" * 32, {})
+    ks.schedule_deletion(doomed, 7)
+
+    def read_only(doc):
+        raise PermissionError(13, "Read-only file system")
+
+    writable = ks._file.write
+    monkeypatch.setattr(ks._file, "write", read_only)
+    clock.advance(100)  # rotation and deletion both due, but nothing can be written
+    assert prov.unwrap(w, {}) == b"\x04" * 32
+    assert ks.record(kid)["current_version"] == 1
+    with pytest.raises(KeyStateError, match="PendingDeletion"):
+        prov.unwrap(wd, {})
+    monkeypatch.setattr(ks._file, "write", writable)
+    clock.advance(1 / 1440 + 1 / 86400)  # the retry a minute later succeeds
+    assert ks.record(kid)["current_version"] == 2
+    with pytest.raises(KeyNotFoundError, match="deleted"):
+        prov.unwrap(wd, {})

@@ -149,7 +149,16 @@ class LocalKeystore:
                 self._doc, self._stamp = self._load(), stamp
                 self._next_due = self._due_time(self._doc)
             if self.clock() >= self._next_due:
-                self._update(lambda doc: None)  # _update runs the due work
+                try:
+                    self._update(lambda doc: None)  # _update runs the due work
+                except (OSError, KeystoreError):
+                    # A read-only keystore (or one sealed without the
+                    # passphrase at hand) still serves reads.  Nothing unsafe
+                    # is skipped: a key past its deletion date is still
+                    # PendingDeletion and refuses every use; a missed rotation
+                    # only means the old version wraps a little longer.
+                    # Retry in a minute rather than on every call.
+                    self._next_due = self.clock() + 60
             return self._doc
 
     def _update(self, change: Callable[[dict[str, Any]], Any]) -> Any:
