@@ -432,3 +432,15 @@ def test_read_only_keystore_still_serves_and_never_unlocks_a_deleted_key(ks, pro
     assert ks.record(kid)["current_version"] == 2
     with pytest.raises(KeyNotFoundError, match="deleted"):
         prov.unwrap(wd, {})
+
+
+def test_missing_keystore_with_backup_is_not_silently_replaced(encfs_home):
+    kid = LocalKeystore(encfs_home).create_key(alias="keep")
+    (encfs_home / "keystore.json").unlink()
+    with pytest.raises(KeystoreError, match="missing but a backup exists"):
+        LocalKeystore(encfs_home).resolve("default")  # would otherwise create a new default key
+    with pytest.raises(KeystoreError, match="missing"):
+        LocalKeystore(encfs_home).create_key()
+    ks = LocalKeystore(encfs_home)
+    ks.recover_from_backup()
+    assert ks.resolve("keep") == kid

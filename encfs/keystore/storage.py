@@ -97,12 +97,23 @@ class JsonFileStore:
     def read(self) -> dict[str, Any] | None:
         """The current document, ``None`` if the file does not exist yet."""
         if not self.path.exists():
+            if self.backup.exists():
+                # Never start a fresh keystore (and then overwrite the backup
+                # with it) because the main file went missing.
+                raise KeystoreError(
+                    f"keystore file {self.path} is missing but a backup exists at {self.backup} "
+                    "(run 'encfs keys recover')"
+                )
             return None
         try:
             return self._parse(self.path)
         except (ValueError, UnicodeDecodeError) as exc:
-            hint = f"; a backup exists at {self.backup} (run 'encfs keys recover')" if self.backup.exists() else ""
-            raise KeystoreError(f"keystore file {self.path} is corrupted ({_why(exc)}){hint}") from None
+            raise self.corrupted(_why(exc)) from None
+
+    def corrupted(self, reason: str) -> KeystoreError:
+        """The error for a damaged file, pointing at the backup when there is one."""
+        hint = f"; a backup exists at {self.backup} (run 'encfs keys recover')" if self.backup.exists() else ""
+        return KeystoreError(f"keystore file {self.path} is corrupted ({reason}){hint}")
 
     def read_backup(self) -> dict[str, Any]:
         try:
