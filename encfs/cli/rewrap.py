@@ -29,7 +29,8 @@ def _uri(key: str) -> str:
 @click.option("-v", "--verbose", is_flag=True, help="One line per object.")
 @click.option("--keystore", metavar="DIR", default=None, help="Local keystore directory.")
 @click.option("-o", "--option", "options", multiple=True, metavar="PROTO.NAME=VALUE",
-              help="Storage or provider option, e.g. s3.endpoint_url=http://127.0.0.1:5000.")
+              help="Storage option, e.g. s3.endpoint_url=http://127.0.0.1:5000; key-service options go in "
+                   "enc.providers='{\"aws-kms\": {\"region_name\": \"eu-west-1\"}}'.")
 def rewrap_cmd(paths: tuple[str, ...], to: tuple[str, ...], dry_run: bool, jobs: int, progress: bool | None,
                verbose: bool, keystore: str | None, options: tuple[str, ...]) -> None:
     """Re-wrap the data keys of encrypted objects (recursively) without re-encrypting them.
