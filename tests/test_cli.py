@@ -282,3 +282,22 @@ def test_cp_to_s3_with_kms_and_layer_options(tmp_path: Path, encfs_home: Path, t
     proc = run(["cp", "-r", "-q", *opts, url, "back"], encfs_home, tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert read_tree(tmp_path / "back") == read_tree(tree)
+
+
+def test_worker_recipe_holds_references_only(tmp_path: Path, encfs_home: Path) -> None:
+    """What cp --jobs hands a worker: a Location (URL, key URIs, options).
+    It pickles without any key material and rebuilds a working filesystem."""
+    import pickle
+
+    from encfs.cli.util import location, parse_options
+
+    loc = location(f"enc::{tmp_path}/w", keys=("local://default",), keystore=str(encfs_home),
+                   options=parse_options(["enc.segment_size=4096"]))
+    fs, path = loc.connect()
+    fs.pipe_file(f"{path}/a.bin", b"worker data")
+    blob = pickle.dumps(loc)
+    for secret in key_materials(encfs_home):
+        assert secret not in blob and not any(form.encode() in blob for form in leak_forms(secret))
+    fs2, path2 = pickle.loads(blob).connect()
+    assert path2 == path and fs2.segment_size == 4096
+    assert fs2.cat_file(f"{path2}/a.bin") == b"worker data"
