@@ -294,6 +294,7 @@ def test_worker_recipe_holds_references_only(tmp_path: Path, encfs_home: Path) -
     loc = location(f"enc::{tmp_path}/w", keys=("local://default",), keystore=str(encfs_home),
                    options=parse_options(["enc.segment_size=4096"]))
     fs, path = loc.connect()
+    fs.makedirs(path, exist_ok=True)
     fs.pipe_file(f"{path}/a.bin", b"worker data")
     blob = pickle.dumps(loc)
     for secret in key_materials(encfs_home):
