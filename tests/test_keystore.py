@@ -360,3 +360,74 @@ def test_corrupted_keystore_without_backup(tmp_path: Path) -> None:
         LocalKeystore(home).list_ids()
     with pytest.raises(KeystoreError, match="backup"):
         LocalKeystore(home).recover_from_backup()
+
+
+def _malformed_docs(key_id: str, record: dict) -> dict[str, dict]:
+    """Valid JSON, wrong shape: what a hand edit or a damaged write leaves."""
+    import copy
+
+    def with_record(change) -> dict:
+        rec = copy.deepcopy(record)
+        change(rec)
+        return {"format": "encfs-keystore/1", "sealing": None, "aliases": {"one": key_id}, "keys": {key_id: rec}}
+
+    return {
+        "no-keys": {"format": "encfs-keystore/1", "aliases": {}},
+        "keys-is-list": {"format": "encfs-keystore/1", "keys": [], "aliases": {}},
+        "record-is-string": {"format": "encfs-keystore/1", "keys": {key_id: "x"}, "aliases": {}},
+        "no-versions": with_record(lambda r: r.pop("versions")),
+        "version-not-object": with_record(lambda r: r["versions"].__setitem__("1", "AAAA")),
+        "no-material": with_record(lambda r: r["versions"]["1"].pop("material")),
+        "current-version-missing": with_record(lambda r: r.__setitem__("current_version", 7)),
+        "unknown-state": with_record(lambda r: r.__setitem__("state", "Enabeld")),
+        "bad-rotation-date": with_record(lambda r: r.__setitem__("rotation", {"enabled": True, "next": "soon",
+                                                                              "period_days": 1})),
+        "alias-to-number": {"format": "encfs-keystore/1", "keys": {key_id: record}, "aliases": {"one": 5}},
+    }
+
+
+def test_malformed_keystore_is_keystore_error(tmp_path: Path, memfs) -> None:
+    home = tmp_path / "home"
+    ks = LocalKeystore(home)
+    key_id = ks.create_key(alias="one")
+    efs = _efs(home, memfs, key="local://one")
+    efs.pipe_file("/m/x", b"kept")
+    record = ks.record(key_id)
+    for name, doc in _malformed_docs(key_id, record).items():
+        (home / "keystore.json").write_text(json.dumps(doc))
+        for attempt in (lambda: LocalKeystore(home).list_ids(),
+                        lambda: LocalKeystore(home).create_key(),
+                        lambda: _efs(home, memfs, key="local://one", cache=False).cat_file("/m/x")):
+            with pytest.raises(KeystoreError) as info:
+                attempt()
+            assert "keystore.json.bak" in str(info.value), (name, str(info.value))
+    LocalKeystore(home).recover_from_backup()
+    assert _efs(home, memfs, key="local://one", cache=False).cat_file("/m/x") == b"kept"
+
+
+@pytest.mark.parametrize("material", [b"", b"\x01" * 16, b"\x01" * 31, b"\x01" * 33, "not base64!"],
+                         ids=["empty", "16-bytes", "31-bytes", "33-bytes", "not-base64"])
+def test_malformed_key_material_is_never_used(tmp_path: Path, material) -> None:
+    """Root key material must be exactly 32 bytes: a 16-byte value must not
+    quietly become an AES-128 key, garbage must not crash with a base64 error."""
+    home = tmp_path / "home"
+    ks = LocalKeystore(home)
+    key_id = ks.create_key()
+    text = material if isinstance(material, str) else base64.b64encode(material).decode()
+
+    def damage(doc):
+        doc["keys"][key_id]["versions"]["1"]["material"] = text
+
+    ks._update(damage)
+    with pytest.raises(KeystoreError, match="malformed"):
+        _material(LocalKeystore(home), key_id)
+
+
+def test_malformed_sealing_parameters(tmp_path: Path, monkeypatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("ENCFS_PASSPHRASE", "pw")
+    ks = LocalKeystore(home)
+    key_id = ks.create_key()
+    ks._update(lambda doc: doc["sealing"].pop("salt"))
+    with pytest.raises(KeystoreError, match="sealing"):
+        _material(LocalKeystore(home), key_id)

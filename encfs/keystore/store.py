@@ -91,6 +91,41 @@ def _uri(key_id: str) -> str:
     return f"local://{key_id}"
 
 
+def check_document(doc: dict[str, Any]) -> None:
+    """Raise ValueError unless ``doc`` has the shape this module indexes
+    without further checks: a hand-edited or damaged file must be reported
+    as a corrupted keystore, not crash with KeyError or AttributeError."""
+    keys, aliases, deleted = doc.get("keys"), doc.get("aliases"), doc.get("deleted", {})
+    if not isinstance(keys, dict) or not isinstance(aliases, dict) or not isinstance(deleted, dict):
+        raise ValueError("keys, aliases or deleted is missing or not an object")
+    for key_id, rec in keys.items():
+        if not isinstance(rec, dict) or rec.get("id", key_id) != key_id or rec.get("state") not in STATES:
+            raise ValueError(f"malformed record for key {key_id}")
+        versions = rec.get("versions")
+        if not isinstance(versions, dict) or not versions:
+            raise ValueError(f"key {key_id} has no versions")
+        for v, entry in versions.items():
+            if not v.isdigit() or not isinstance(entry, dict):
+                raise ValueError(f"malformed version {v!r} of key {key_id}")
+            if not isinstance(entry.get("sealed", entry.get("material")), str):
+                raise ValueError(f"key {key_id} version {v} has no material")
+        if str(rec.get("current_version")) not in versions:
+            raise ValueError(f"key {key_id} has no current version")
+        rotation = rec.get("rotation") or {}
+        if not isinstance(rotation, dict):
+            raise ValueError(f"malformed rotation of key {key_id}")
+        try:
+            for when in (rec.get("deletion_date"), rotation.get("next")):
+                if when:
+                    _ts(when)
+            if rotation.get("enabled"):
+                int(rotation["period_days"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"malformed dates of key {key_id}") from None
+    if not all(isinstance(a, str) and isinstance(k, str) for a, k in aliases.items()):
+        raise ValueError("malformed alias")
+
+
 class LocalKeystore:
     """Thread-safe handle on one keystore directory."""
 
@@ -137,6 +172,10 @@ class LocalKeystore:
         doc = self._file.read() or self._empty()
         if doc.get("format") != FORMAT:
             raise KeystoreError(f"{self._file.path} is not an encfs keystore (format {doc.get('format')!r})")
+        try:
+            check_document(doc)
+        except ValueError as exc:
+            raise self._file.corrupted(str(exc)) from None
         doc.setdefault("deleted", {})
         return doc
 
@@ -181,6 +220,10 @@ class LocalKeystore:
             doc = self._file.read_backup()
             if doc.get("format") != FORMAT:
                 raise KeystoreError(f"backup {self._file.backup} is not an encfs keystore")
+            try:
+                check_document(doc)
+            except ValueError:
+                raise KeystoreError(f"keystore backup {self._file.backup} is corrupted too") from None
             self._file.write(doc)
             self._doc, self._stamp = doc, self._stat()
             self._next_due = self._due_time(doc)
@@ -232,7 +275,10 @@ class LocalKeystore:
         if not params:
             return None
         if self._sealer is None:
-            self._sealer = Sealer(params, get_passphrase())
+            try:
+                self._sealer = Sealer(params, get_passphrase())
+            except (KeyError, TypeError, ValueError):
+                raise self._file.corrupted("malformed sealing parameters") from None
         return self._sealer
 
     @staticmethod
@@ -250,8 +296,20 @@ class LocalKeystore:
             sealer = self._get_sealer(doc)
             if sealer is None:
                 raise KeystoreError("sealed key material but the keystore has no sealing parameters")
-            return sealer.unseal(entry["sealed"], self._aad(key_id, version))
-        return b64d(entry["material"])
+            try:
+                material = sealer.unseal(entry["sealed"], self._aad(key_id, version))
+            except ValueError:  # malformed base64 (KeystoreError passes through)
+                material = b""
+        else:
+            try:
+                material = b64d(entry["material"])
+            except ValueError:
+                material = b""
+        # A root key is exactly KEY_BYTES: anything else is damage, and a
+        # 16-byte one would silently become an AES-128 key.
+        if len(material) != KEY_BYTES:
+            raise self._file.corrupted(f"key material of {key_id} version {version} is malformed")
+        return material
 
     # -- lookups -----------------------------------------------------------
     def resolve(self, name: str) -> str:
