@@ -153,6 +153,8 @@ def test_ls_reports_plaintext_sizes(tmp_path: Path, encfs_home: Path, tree: Path
     assert int(rows["big.bin"][2]) == (tmp_path / "enc" / "big.bin").stat().st_size
     assert rows["empty"][1] == "0"
     assert rows["sub"][0] == "dir"
+    short = run(["ls", "enc::enc"], encfs_home, tmp_path).stdout.decode().split()
+    assert short[short.index(str(tmp_path / "enc" / "big.bin")) - 1] == "300000"
     listing = json.loads(run(["ls", "--json", "enc::enc/sub"], encfs_home, tmp_path).stdout)
     sizes = {Path(e["name"]).name: e["size"] for e in listing}
     assert sizes == {"notes.txt": len((tree / "sub" / "notes.txt").read_bytes()), "deeper": sizes["deeper"]}

@@ -90,7 +90,10 @@ def cat(paths: tuple[str, ...], keys: tuple[str, ...], keystore: str | None, opt
 @key_options
 def ls_cmd(url: str, long_: bool, as_json: bool, keys: tuple[str, ...], keystore: str | None,
            options: tuple[str, ...]) -> None:
-    """List encrypted objects with their plaintext sizes (no object is opened)."""
+    """List encrypted objects with their plaintext sizes (no object is opened).
+
+    A size of ? marks a file that cannot be an encfs object (its size fits no
+    plaintext size); -l adds the type and the size at rest."""
     fs, path, _ = _enc(url, keys, keystore, options)
     entries = sorted(fs.ls(path, detail=True), key=lambda e: e["name"])
     if as_json:
@@ -101,8 +104,9 @@ def ls_cmd(url: str, long_: bool, as_json: bool, keys: tuple[str, ...], keystore
         return
     for e in entries:
         name = e["name"] + ("/" if e.get("type") == "directory" else "")
-        if not long_:
-            click.echo(name)
+        if not long_:  # plaintext size and name, like `aws s3 ls`
+            size = "DIR" if e.get("type") != "file" else ("?" if e.get("encfs_valid") is False else e["size"])
+            click.echo(f"{size:>14}  {name}")
         elif e.get("type") != "file":
             click.echo(f"{'dir':4} {'-':>14} {'-':>14}  {name}")
         elif e.get("encfs_valid") is False:
