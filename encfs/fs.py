@@ -35,7 +35,7 @@ from .format import (
     encode_header,
     plaintext_size,
 )
-from .format.context import RESERVED_PREFIX
+from .format.context import RESERVED_PREFIX, encode_context
 from .format.layout import DEFAULT_SEGMENT
 from .keyring import Keyring
 from .sinks import TEMP_MARK, Sink, open_sink
@@ -176,6 +176,10 @@ class EncryptedFileSystem(ChainedFileSystem):
                 raise ConfigurationError("context keys and values must be strings")
             if k.startswith(RESERVED_PREFIX):
                 raise ConfigurationError(f"context keys starting with {RESERVED_PREFIX!r} are reserved")
+        try:  # sizes and empty keys: fail here, not as a ValueError at the first write
+            encode_context(self.context)
+        except ValueError as exc:
+            raise ConfigurationError(f"invalid encryption context: {exc}") from None
         options = {k: dict(v) for k, v in (providers or {}).items()}
         if keystore is not None:
             options.setdefault("local", {})["home"] = keystore

@@ -446,3 +446,46 @@ def test_segment_open_checks_index_final_flag_and_tag() -> None:
     assert key.hex() not in repr(c)
     with pytest.raises(TypeError):
         pickle.dumps(c)
+
+
+# -- limits surface as encfs errors -------------------------------------------------------
+
+
+def test_oversize_context_in_header_is_header_too_large() -> None:
+    from encfs.errors import EncfsError, HeaderTooLargeError
+
+    for ctx in ({"encfs:path": "p" * (MAX_VALUE_BYTES + 1)}, {f"k{i}": "v" * 200 for i in range(20)}):
+        with pytest.raises(HeaderTooLargeError) as info:
+            _header(ctx=ctx)
+        assert isinstance(info.value, EncfsError)
+
+
+def test_path_too_long_for_header_through_fs(efs_mem, memfs) -> None:
+    """A bound path longer than a context value is an encfs error at write
+    time (never a bare ValueError), and nothing is left at the target."""
+    from encfs.errors import HeaderTooLargeError
+
+    ok = "/" + "/".join(["d" * 99] * 20)
+    efs_mem.pipe_file(ok, b"fits")
+    assert efs_mem.cat_file(ok) == b"fits"
+    long = "/" + "/".join(["d" * 99] * 21)
+    with pytest.raises(HeaderTooLargeError):
+        efs_mem.pipe_file(long, b"too long a path")
+    with pytest.raises(HeaderTooLargeError):
+        with efs_mem.open(long, "wb") as f:
+            f.write(b"x")
+    with pytest.raises(HeaderTooLargeError):
+        efs_mem.cp_file(ok, long)
+    assert not memfs.exists(long) and not efs_mem.exists(long)
+    assert [p for p in memfs.find("/") if p != ok] == []
+
+
+@pytest.mark.parametrize("context", [{"": "v"}, {"k": "v" * (MAX_VALUE_BYTES + 1)},
+                                     {f"k{i}": "v" * 200 for i in range(20)}],
+                         ids=["empty-key", "long-value", "too-large"])
+def test_invalid_filesystem_context_is_configuration_error(memfs, encfs_home, context) -> None:
+    from encfs import EncryptedFileSystem
+    from encfs.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        EncryptedFileSystem(fs=memfs, keystore=str(encfs_home), context=context, skip_instance_cache=True)

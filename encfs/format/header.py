@@ -141,7 +141,10 @@ def encode_header(
         raise ValueError("object id must be 32 bytes")
     if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
         raise ValueError("segment size out of range")
-    ctx = encode_context(context)
+    try:
+        ctx = encode_context(context)
+    except ValueError as exc:  # e.g. a bound path longer than a context value may be
+        raise HeaderTooLargeError(f"the encryption context does not fit an encfs header: {exc}") from None
     authed = _authenticated_part(segment_size, object_id, ctx, keys.commitment, suite)
     mac = _mac(keys.mac_key, authed)
     return authed + mac + encode_wrapped_section(wrapped_keys, len(authed) + MAC_BYTES)
