@@ -28,7 +28,8 @@ def _enc(url: str, keys: tuple[str, ...], keystore: str | None, options: tuple[s
          ) -> tuple[EncryptedFileSystem, str, Location]:
     loc = location(url, force_encrypted=True, keys=keys, keystore=keystore, options=parse_options(options))
     fs, path = loc.connect()
-    assert isinstance(fs, EncryptedFileSystem)
+    if not isinstance(fs, EncryptedFileSystem):  # e.g. enc::enc::..., or a plugin claiming "enc"
+        raise ConfigurationError(f"{url} does not name encrypted storage")
     return fs, path, loc
 
 
