@@ -175,8 +175,8 @@ def test_layout_segment_counts() -> None:
 def test_layout_every_ciphertext_size_is_inverse_or_none(seg: int) -> None:
     """Exhaustive over ~5 segments: plaintext_size is a partial inverse, and
     exactly the sizes a writer can produce map to a plaintext size."""
-    producible = {ciphertext_size(p, seg) for p in range(0, 5 * seg + 1)}
-    for c in range(0, HEADER_REGION + 5 * (seg + TAG_BYTES) + 1):
+    producible = {ciphertext_size(p, seg) for p in range(5 * seg + 1)}
+    for c in range(HEADER_REGION + 5 * (seg + TAG_BYTES) + 1):
         p = plaintext_size(c, seg)
         if c in producible:
             assert p is not None and ciphertext_size(p, seg) == c, c
@@ -263,7 +263,9 @@ def test_header_parse_ignores_bytes_after_region() -> None:
 
 def test_header_max_wrapped_keys() -> None:
     region, keys, *_ = _header(ctx={"encfs:path": "p"}, wrapped=[_wk(b"\x05" * 60)] * MAX_WRAPPED_KEYS)
-    assert len(parse_header(region).wrapped_keys) == MAX_WRAPPED_KEYS
+    h = parse_header(region)
+    assert len(h.wrapped_keys) == MAX_WRAPPED_KEYS
+    h.verify(keys)
     with pytest.raises(ValueError):
         _header(wrapped=[_wk()] * (MAX_WRAPPED_KEYS + 1))
 
@@ -279,6 +281,7 @@ def test_header_too_large_is_reported() -> None:
 def test_header_verify_rejects_other_keys() -> None:
     region, keys, oid, *_ = _header()
     h = parse_header(region)
+    h.verify(keys)
     with pytest.raises(IntegrityError):
         h.verify(derive_object_keys(os.urandom(32), oid, SUITE))
 
@@ -353,7 +356,7 @@ def test_parse_fuzz_mutated_valid_header(edits: list[tuple[int, int]], cut: int)
 
 
 def test_parse_fuzz_every_prefix_length() -> None:
-    for n in range(0, HEADER_REGION + 1):
+    for n in range(HEADER_REGION + 1):
         _parse_only_encfs_errors(_VALID_REGION[:n])
     for n in range(FIXED_BYTES, HEADER_REGION):
         with pytest.raises(IntegrityError):
@@ -471,9 +474,8 @@ def test_path_too_long_for_header_through_fs(efs_mem, memfs) -> None:
     long = "/" + "/".join(["d" * 99] * 21)
     with pytest.raises(HeaderTooLargeError):
         efs_mem.pipe_file(long, b"too long a path")
-    with pytest.raises(HeaderTooLargeError):
-        with efs_mem.open(long, "wb") as f:
-            f.write(b"x")
+    with pytest.raises(HeaderTooLargeError), efs_mem.open(long, "wb") as f:
+        f.write(b"x")
     with pytest.raises(HeaderTooLargeError):
         efs_mem.cp_file(ok, long)
     assert not memfs.exists(long) and not efs_mem.exists(long)

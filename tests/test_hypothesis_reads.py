@@ -77,7 +77,7 @@ class _Ranged:
         if self.on:
             encfs.file.SMALL_OBJECT = 0
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         encfs.file.SMALL_OBJECT = self.saved
 
 

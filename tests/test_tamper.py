@@ -348,7 +348,7 @@ def test_truncation(target: Target) -> None:
 
 def test_truncation_to_empty_is_format_error(target: Target) -> None:
     plain = _plain(6)
-    path, raw = _write(target, "empty.bin", plain)
+    path, _ = _write(target, "empty.bin", plain)
     target.put_raw(path, b"")
     problems = check_reads(target.efs, path, plain, FormatError, partial_must_fail=True, exact=FormatError)
     assert not problems, problems
