@@ -422,7 +422,7 @@ class AuditedProvider(KeyProvider):
         return self.inner.rotation_status(ref)
 
     # -- administration ----------------------------------------------------------
-    def _admin(self, method: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _admin(self, method: str, fn: Callable[..., Any], *args: Any, _key: str | None = None, **kwargs: Any) -> Any:
         action = ADMIN_ACTIONS[method]
         ref = next((a for a in args if isinstance(a, KeyRef)), None)
         details: dict[str, Any] = {}
@@ -443,14 +443,14 @@ class AuditedProvider(KeyProvider):
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
-            self.audit_log.append(action, key=self._canonical(ref), outcome="failure", error=_error_text(exc),
+            self.audit_log.append(action, key=self._canonical(ref) or _key, outcome="failure", error=_error_text(exc),
                                   ref=str(ref) if ref else None, **details)
             raise
         version = None
         if isinstance(result, KeyInfo):
             key, version = result.uri or self._canonical(ref), result.current_version or None
         else:
-            key = self._canonical(ref)
+            key = self._canonical(ref) or _key
         self.audit_log.append(action, key=key, version=version, ref=str(ref) if ref else None, **details)
         return result
 
@@ -488,7 +488,10 @@ class AuditedProvider(KeyProvider):
         return self._admin("set_alias", self.inner.set_alias, alias, ref)
 
     def delete_alias(self, alias: str) -> None:
-        return self._admin("delete_alias", self.inner.delete_alias, alias)
+        # Record which key the alias named before it goes.
+        key = self._canonical(KeyRef(self.scheme, alias))
+        target = key if key != f"{self.scheme}://{alias}" else None
+        return self._admin("delete_alias", self.inner.delete_alias, alias, _key=target)
 
     def tag_key(self, ref: KeyRef, tags: Mapping[str, str]) -> None:
         return self._admin("tag_key", self.inner.tag_key, ref, tags)

@@ -176,7 +176,19 @@ def test_kms_keys_through_the_same_verbs(capsys, moto_server, encfs_home):
     assert json.loads(ok(capsys, "keys", *opts, "describe", "--json", key))["tags"] == {"team": "data"}
     assert "PendingDeletion" in ok(capsys, "keys", *opts, "schedule-deletion", key, "--days", "7")
     assert "Disabled" in ok(capsys, "keys", *opts, "cancel-deletion", key)
+    ok(capsys, "keys", *opts, "enable", key)
+    ok(capsys, "keys", *opts, "alias", "create", "aws-kms://alias/kms-second", key)
+    assert "already exists" in fails(capsys, "keys", *opts, "alias", "create", "aws-kms://alias/kms-second", key)
+    other = json.loads(ok(capsys, "keys", *opts, "create", "--provider", "aws-kms", "--json"))["uri"]
+    ok(capsys, "keys", *opts, "alias", "update", "aws-kms://alias/kms-second", other)
+    assert json.loads(ok(capsys, "keys", *opts, "describe", "--json", "aws-kms://alias/kms-second"))["uri"] == other
+    ok(capsys, "keys", *opts, "alias", "delete", "aws-kms://alias/kms-second")
+    assert "not found" in fails(capsys, "keys", *opts, "describe", "aws-kms://alias/kms-second").lower()
+    status = json.loads(ok(capsys, "keys", *opts, "rotation", key, "--enable", "--period-days", "180"))
+    assert status["automatic"] is True
+    assert "does not support" in fails(capsys, "keys", *opts, "set-description", key, "x")
     recs = [json.loads(x) for x in (encfs_home / "audit.log").read_text().splitlines()]
     assert [r["action"] for r in recs] == ["create-key", "disable-key", "enable-key", "tag-key",
-                                           "schedule-deletion", "cancel-deletion"]
+                                           "schedule-deletion", "cancel-deletion", "enable-key", "set-alias",
+                                           "create-key", "set-alias", "delete-alias", "set-rotation"]
     assert all(r["key"].startswith("aws-kms://arn:aws:kms:") for r in recs)
