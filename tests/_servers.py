@@ -56,6 +56,17 @@ class _Counted:
             close()
 
 
+def _KeepAliveHandler() -> type:
+    """werkzeug's handler speaking HTTP/1.1: connections are reused, so a
+    test's hundreds of small requests do not each pay a TCP connect."""
+    from werkzeug.serving import WSGIRequestHandler
+
+    class KeepAlive(WSGIRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+    return KeepAlive
+
+
 class MotoServer:
     """moto's WSGI app in a thread on 127.0.0.1 and a free port."""
 
@@ -101,7 +112,8 @@ class MotoServer:
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on stderr
         app = DomainDispatcherApplication(create_backend_app)
-        self._server = make_server(self.ip_address, self.port, self._app(app), threaded=True)
+        self._server = make_server(self.ip_address, self.port, self._app(app), threaded=True,
+                                   request_handler=_KeepAliveHandler())
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="moto-server", daemon=True)
         self._thread.start()

@@ -22,6 +22,11 @@ from encfs import EncryptedFileSystem
 from encfs.errors import IntegrityError
 from encfs.format import HEADER_REGION, MAGIC, TAG_BYTES
 
+try:
+    from tests._servers import unique
+except ImportError:  # tests/ is not a package
+    from _servers import unique
+
 SEG = 64 * 1024
 STRIDE = SEG + TAG_BYTES
 MiB = 1024 * 1024
@@ -30,7 +35,8 @@ MiB = 1024 * 1024
 def _efs(moto_server, key: str | list[str], **kw) -> EncryptedFileSystem:
     return EncryptedFileSystem(
         target_protocol="s3",
-        target_options=moto_server.target_options(skip_instance_cache=True, default_block_size=5 * MiB),
+        # s3fs's instance cache is kept on purpose: one client for all tests.
+        target_options=moto_server.target_options(default_block_size=5 * MiB),
         key=key, providers={"aws-kms": moto_server.kms_options()}, skip_instance_cache=True, **kw)
 
 
@@ -216,12 +222,12 @@ def test_parquet_roundtrip_and_single_column(moto_server, s3, efs, kms_key):
     pd = pytest.importorskip("pandas")
     pq = pytest.importorskip("pyarrow.parquet")
     pa = pytest.importorskip("pyarrow")
-    n = 200_000
+    n = 100_000
     df = pd.DataFrame({"id": range(n), "amount": [i * 0.5 for i in range(n)], "name": [f"n{i % 97}" for i in range(n)]})
     url = f"enc::s3://{s3.test_bucket}/sales/2026.parquet"
     opts = {"enc": {"key": kms_key, "providers": {"aws-kms": moto_server.kms_options()}},
             "s3": moto_server.target_options(skip_instance_cache=True)}
-    df.to_parquet(url, storage_options=opts, row_group_size=50_000)
+    df.to_parquet(url, storage_options=opts, row_group_size=25_000)
     assert s3.cat_file(f"{s3.test_bucket}/sales/2026.parquet", start=0, end=4) == MAGIC
     back = pd.read_parquet(url, storage_options=opts)
     pd.testing.assert_frame_equal(back, df)
@@ -252,20 +258,46 @@ def test_cli_paths_through_generic_code(moto_server, s3, kms_key, tmp_path):
 
 
 # -- fsspec's conformance suite over enc::s3:// -------------------------------------------
+@pytest.fixture(scope="module")
+def conformance_root(moto_server, tmp_path_factory):
+    """One s3fs client, bucket and keystore for the whole suite (each test
+    gets its own prefix): per-test clients and buckets would triple its
+    running time without testing anything more."""
+    s3 = moto_server.s3fs()
+    bucket = unique("conformance")
+    moto_server.boto3("s3").create_bucket(Bucket=bucket)
+    yield s3, bucket, str(tmp_path_factory.mktemp("conformance-keys"))
+    s3.rm(bucket, recursive=True)
+
+
+#: The 102 glob cases of the suite exercise fsspec's generic glob expansion
+#: (run over memory and local by test_fsspec_abstract.py) at ~100 requests
+#: each; over S3 they run when ENCFS_S3_CONFORMANCE=full (all 137 passed,
+#: about 9 minutes on a loaded 2-core machine).
+FULL_CONFORMANCE = os.environ.get("ENCFS_S3_CONFORMANCE") == "full"
+
+
 class EncS3Fixtures(AbstractFixtures):
+    @pytest.fixture(autouse=True)
+    def _glob_cases_in_full_runs_only(self, request):
+        if "glob" in request.node.name and not FULL_CONFORMANCE:
+            pytest.skip("S3 glob cases run with ENCFS_S3_CONFORMANCE=full")
+
     @pytest.fixture
-    def fs(self, moto_server, s3, encfs_home):
+    def fs(self, conformance_root, fs_path):
         # Local root key: this suite is about fsspec semantics on S3 (KMS
-        # is covered above); it keeps the suite to a few seconds.
-        efs = EncryptedFileSystem(fs=s3, keystore=str(encfs_home), skip_instance_cache=True)
+        # is covered above).
+        s3, _, keystore = conformance_root
+        s3.invalidate_cache()
+        efs = EncryptedFileSystem(fs=s3, keystore=keystore, skip_instance_cache=True)
         yield efs
-        for name, info in s3.find(s3.test_bucket, detail=True).items():
+        for name, info in s3.find(fs_path, detail=True).items():
             if info["type"] == "file":
                 assert s3.cat_file(name, start=0, end=4) == MAGIC, name
 
     @pytest.fixture
-    def fs_path(self, s3):
-        return s3.test_bucket
+    def fs_path(self, conformance_root):
+        return f"{conformance_root[1]}/{unique('t')}"
 
     @pytest.fixture
     def fs_join(self):

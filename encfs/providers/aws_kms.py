@@ -75,6 +75,10 @@ _ERRORS: dict[str, tuple[type[EncfsError], str]] = {
     "IncorrectKeyException": (IntegrityError, ""),
 }
 
+#: boto3 sessions shared per process and profile (see _new_client).
+_SESSION_LOCK = threading.Lock()
+_SESSIONS: dict[str, Any] = {}
+
 #: Codes worth retrying with backoff: throttling and transient server faults.
 _RETRYABLE = frozenset({
     "ThrottlingException", "LimitExceededException", "KMSInternalException",
@@ -210,16 +214,26 @@ class AwsKmsProvider(KeyProvider):
             from botocore.config import Config
         except ModuleNotFoundError as exc:
             raise ConfigurationError("the aws-kms provider needs boto3: pip install 'encfs[aws]'") from exc
-        # boto3 sessions are not thread-safe; we hold self._lock here.
-        session = boto3.session.Session(profile_name=self.profile_name, region_name=region or self.region_name)
         # Retries are ours (see _call), so botocore makes one attempt only.
         config = Config(retries={"total_max_attempts": 1, "mode": "standard"},
                         connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                         user_agent_extra="encfs")
-        try:
-            return session.client("kms", endpoint_url=self.endpoint_url, config=config)
-        except Exception as exc:  # e.g. NoRegionError
-            raise ConfigurationError(f"cannot create an AWS KMS client: {exc}") from exc
+        with _SESSION_LOCK:  # boto3 sessions are not thread-safe
+            if _SESSIONS.get("pid") != os.getpid():
+                _SESSIONS.clear()
+                _SESSIONS["pid"] = os.getpid()
+            # One session per profile and process: it caches the service model
+            # and resolved credentials, so each filesystem instance (dask
+            # builds many) does not parse the KMS model or query IMDS again.
+            try:
+                session = _SESSIONS.get(self.profile_name or "")
+                if session is None:
+                    session = boto3.session.Session(profile_name=self.profile_name)
+                    _SESSIONS[self.profile_name or ""] = session
+                return session.client("kms", region_name=region or self.region_name,
+                                      endpoint_url=self.endpoint_url, config=config)
+            except Exception as exc:  # e.g. NoRegionError, unknown profile
+                raise ConfigurationError(f"cannot create an AWS KMS client: {exc}") from exc
 
     @staticmethod
     def _region_of(key: str) -> str | None:
