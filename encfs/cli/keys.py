@@ -39,10 +39,6 @@ class _Ctx:
         self.options = parse_options(options)
         self._providers: dict[str, KeyProvider] = {}
 
-    @property
-    def home(self) -> str | None:
-        return self.keystore
-
     def provider(self, scheme: str) -> KeyProvider:
         if scheme not in self._providers:
             opts = dict(self.options.get(scheme, {}))
