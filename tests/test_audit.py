@@ -60,6 +60,15 @@ def test_key_use_through_the_filesystem_is_recorded(memfs, encfs_home, monkeypat
     assert gen["ref"] == "local://default"
     assert recs[0]["automatic"] is True and recs[0]["alias"] == "default"
     assert get_log(encfs_home).verify().ok
+    assert (encfs_home / "audit.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_default_principal_is_user_at_host(monkeypatch):
+    import socket
+
+    monkeypatch.delenv("ENCFS_PRINCIPAL", raising=False)
+    user, _, host = principal().partition("@")
+    assert user and host == socket.gethostname()
 
 
 def test_failures_are_recorded_with_the_error(memfs, encfs_home):
