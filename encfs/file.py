@@ -97,6 +97,14 @@ class ObjectReader:
         self._cipher = SegmentCipher(keys.body_key)
         del _dek, keys
         self._cache: OrderedDict[int, bytes] = OrderedDict()
+        # Sequential readahead (section "Reading" above): a read that starts
+        # where the previous one ended fetches up to ``_max_ahead`` more
+        # segments in the same request, doubling each time; a random read
+        # resets it, so column reads fetch exactly their covering segments.
+        self._seq_end = -1
+        self._ahead = 0
+        self._max_ahead = max(0, int(getattr(efs, "read_block_size", 0)) // self.segment_size - 1)
+        self._cache_limit = max(SEGMENT_CACHE, self._max_ahead + 4)
         # Authenticate the final segment first: proves the size, catches
         # truncation and extension before any byte is released.
         self._load(range(self.nseg - 1, self.nseg))
@@ -110,8 +118,9 @@ class ObjectReader:
         except SegmentAuthError:
             raise IntegrityError(self.path) from None
 
-    def _load(self, segs: range) -> list[bytes]:
-        """Plaintext of ``segs`` (contiguous), fetching missing ones in one request."""
+    def _load(self, segs: range, ahead: int = 0) -> list[bytes]:
+        """Plaintext of ``segs`` (contiguous), fetching missing ones in one
+        request, plus up to ``ahead`` following segments when a fetch is needed."""
         if not segs:
             return []
         # .get, not "in" then [], so a concurrent eviction cannot KeyError.
@@ -123,6 +132,8 @@ class ObjectReader:
         missing = [i for i in segs if i not in out]
         if missing:
             lo, hi = missing[0], missing[-1]
+            if hi == segs[-1] and ahead:
+                hi = min(self.nseg - 1, hi + ahead)
             stride = self.segment_size + TAG_BYTES
             start = segment_offset(lo, self.segment_size, self.header.header_region)
             end = min(segment_offset(hi + 1, self.segment_size, self.header.header_region), self.ct_size)
@@ -135,7 +146,9 @@ class ObjectReader:
             view = memoryview(blob)
             for j, i in enumerate(range(lo, hi + 1)):
                 out[i] = self._open_segment(i, view[j * stride : (j + 1) * stride])
-            for i in (missing[0], missing[-1], self.nseg - 1):
+            # Keep the boundary segments (the next read often starts there),
+            # the readahead ones, and the final one.
+            for i in (missing[0], *range(missing[-1], hi + 1), self.nseg - 1):
                 if i in out:
                     self._remember(i, out[i])
         return [out[i] for i in segs]
@@ -143,7 +156,7 @@ class ObjectReader:
     def _remember(self, index: int, plain: bytes) -> None:
         self._cache[index] = plain
         self._cache.move_to_end(index)
-        while len(self._cache) > SEGMENT_CACHE:
+        while len(self._cache) > self._cache_limit:
             oldest = next(iter(self._cache))
             if oldest == self.nseg - 1 and len(self._cache) > 1:
                 self._cache.move_to_end(oldest)
@@ -158,7 +171,12 @@ class ObjectReader:
         if start >= end:
             return b""
         segs = covering_segments(start, end, self.segment_size)
-        parts = self._load(segs)
+        if start == self._seq_end:
+            self._ahead = min(self._max_ahead, max(1, 2 * self._ahead))
+        else:
+            self._ahead = 0
+        self._seq_end = end
+        parts = self._load(segs, self._ahead if end < self.size else 0)
         first = segs[0] * self.segment_size
         if len(parts) == 1:
             return parts[0][start - first : end - first]
@@ -173,7 +191,11 @@ class EncryptedReadFile(AbstractBufferedFile):
     """A read-only fsspec file over :class:`ObjectReader` (seek, read, caches)."""
 
     def __init__(self, efs: EncryptedFileSystem, path: str, mode: str = "rb", block_size: Any = "default",
-                 cache_type: str = "readahead", cache_options: dict | None = None, **kwargs: Any) -> None:
+                 cache_type: str = "none", cache_options: dict | None = None, **kwargs: Any) -> None:
+        # No fsspec cache by default: ObjectReader already keeps decrypted
+        # segments and reads ahead only for sequential access, whereas
+        # fsspec's readahead would add a block to every column-chunk read
+        # (measured: 2.77 MB instead of 0.66 MB for one Parquet column).
         self.reader = ObjectReader(efs, path, kwargs.pop("ct_size", None))
         if block_size in ("default", None):
             block_size = efs.read_block_size

@@ -168,7 +168,7 @@ class EncryptedFileSystem(ChainedFileSystem):
             raise ConfigurationError("give either fs= or target_protocol=, not both")
         self.fs = fs
         self.segment_size = check_segment_size(segment_size)
-        self.read_block_size = int(read_block_size or 4 * self.segment_size)
+        self.read_block_size = int(read_block_size or 64 * self.segment_size)
         self.bind_path = bool(bind_path)
         self.context = dict(context or {})
         for k, v in self.context.items():
