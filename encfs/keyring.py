@@ -217,7 +217,12 @@ class Keyring:
             try:
                 provider = self.provider(entry.provider)
             except ConfigurationError as exc:
-                key_error = key_error or exc
+                # A scheme this filesystem was not configured with is simply
+                # not usable (a damaged entry, or a service this reader does
+                # not use): NoUsableKeyError below says so.  Only a configured
+                # scheme that cannot load (e.g. its SDK is missing) is reported.
+                if any(r.scheme == entry.provider for r in self.read_refs):
+                    key_error = key_error or exc
                 continue
             try:
                 if not provider.allows(entry, self.read_refs):
