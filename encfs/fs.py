@@ -435,6 +435,10 @@ class EncryptedFileSystem(ChainedFileSystem):
         ends = [ends] * n if not isinstance(ends, list) else ends
         if len(starts) != n or len(ends) != n:
             raise ValueError("paths, starts and ends must have the same length")
+        if type(self.fs).__module__.startswith("s3fs") and len(set(paths)) > 1:
+            from .s3 import concurrent_cat_ranges  # objects in parallel on s3fs's event loop
+
+            return concurrent_cat_ranges(self, paths, starts, ends, on_error=on_error)
         readers: dict[str, ObjectReader | BaseException] = {}
         out: list[Any] = []
         for path, start, end in zip(paths, starts, ends):

@@ -326,3 +326,35 @@ class TestEncS3Pipe(AbstractPipeTests, EncS3Fixtures):
 
 class TestEncS3Open(AbstractOpenTests, EncS3Fixtures):
     pass
+
+
+def test_cat_ranges_over_many_objects_runs_concurrently(moto_server, s3, efs, monkeypatch):
+    import threading
+
+    b = s3.test_bucket
+    blobs = {f"{b}/many/{i}": _data(200_000 + i) for i in range(6)}
+    for p, d in blobs.items():
+        efs.pipe_file(p, d)
+    # The first two objects opened wait for each other: a sequential
+    # implementation can never pass this barrier and fails the test.
+    barrier = threading.Barrier(2, timeout=30)
+    opened: list[str] = []
+    real_reader = efs.reader
+
+    def reader(path):
+        opened.append(path)
+        if len(opened) <= 2:
+            barrier.wait()
+        return real_reader(path)
+
+    monkeypatch.setattr(efs, "reader", reader)
+    paths = [p for p in blobs for _ in range(2)] + [f"{b}/many/missing"]
+    starts = [0, 150_000] * len(blobs) + [0]
+    ends = [10, None] * len(blobs) + [5]
+    out = efs.cat_ranges(paths, starts, ends)
+    for i, p in enumerate(paths[:-1]):
+        assert out[i] == blobs[p][starts[i] : ends[i]]
+    assert isinstance(out[-1], FileNotFoundError)
+    assert sorted(set(opened)) == sorted(set(paths)) and len(opened) == len(set(paths))  # each object opened once
+    with pytest.raises(FileNotFoundError):
+        efs.cat_ranges(paths, starts, ends, on_error="raise")
