@@ -35,8 +35,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from _common import KiB, MiB, Report, Target, parser, table  # noqa: E402
-from _servers import CREDENTIALS, MotoServer  # noqa: E402
+from _common import KiB, MiB, Report, Target, parser, table
+from _servers import CREDENTIALS, MotoServer
 
 BUCKET = "bench"
 
@@ -66,11 +66,11 @@ def bench_random_reads(server: MotoServer, efs: Any, s3: Any, size: int, reads: 
 
     server.clear_log()
     plain_data = [s3.cat_file(plain, start=o, end=o + 4 * KiB) for o in offsets]
-    p_req, p_get, p_bytes = _count(server)
+    p_req, _, p_bytes = _count(server)
 
     server.clear_log()
     f = efs.open(enc, "rb", cache_type="none")
-    o_req, o_get, o_bytes = _count(server)
+    o_req, _, o_bytes = _count(server)
     per_read: list[tuple[int, int, int]] = []
     for o, expect in zip(offsets, plain_data):
         server.clear_log()

@@ -238,11 +238,9 @@ class S3MultipartSink(Sink):
         self._buf = bytearray()
         for fut in self._pending:
             fut.cancel()
-        for fut in self._pending:
-            try:
-                fut.result()
-            except BaseException:  # noqa: S110 - the upload is being aborted anyway
-                pass
+        # Let parts in flight finish (or fail) before the abort, so none
+        # lands after it and leaves a stray part behind.
+        concurrent.futures.wait(self._pending)
         self._pending = []
         if self._upload_id is not None:
             upload_id, self._upload_id = self._upload_id, None
@@ -284,14 +282,14 @@ def concurrent_cat_ranges(efs: EncryptedFileSystem, paths: Sequence[str], starts
     def work(path: str, indices: list[int]) -> None:
         try:
             reader = efs.reader(path)
-        except Exception as exc:  # reported per range, as fsspec does
+        except Exception as exc:  # noqa: BLE001 - returned per range, as fsspec's cat_ranges does
             for i in indices:
                 out[i] = exc
             return
         for i in indices:
             try:
                 out[i] = _read_range(reader, starts[i], ends[i])
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - as above
                 out[i] = exc
 
     workers = max(1, min(max_workers, len(groups)))
@@ -307,4 +305,4 @@ def concurrent_cat_ranges(efs: EncryptedFileSystem, paths: Sequence[str], starts
 
 register_sink(S3FileSystem, S3MultipartSink)
 
-__all__ = ["S3MultipartSink", "MIN_PART", "concurrent_cat_ranges"]
+__all__ = ["MIN_PART", "S3MultipartSink", "concurrent_cat_ranges"]

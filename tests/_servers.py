@@ -105,10 +105,10 @@ class MotoServer:
         return counting
 
     def start(self) -> MotoServer:
+        import logging
+
         from moto.server import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
-
-        import logging
 
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request on stderr
         app = DomainDispatcherApplication(create_backend_app)

@@ -16,8 +16,8 @@ dd = pytest.importorskip("dask.dataframe")
 distributed = pytest.importorskip("distributed")
 pd = pytest.importorskip("pandas")
 
-from encfs import EncryptedFileSystem  # noqa: E402
-from encfs.format import MAGIC  # noqa: E402
+from encfs import EncryptedFileSystem
+from encfs.format import MAGIC
 
 
 def _worker_state() -> dict:

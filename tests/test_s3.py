@@ -96,19 +96,17 @@ def test_multipart_more_than_three_parts_aligned_to_segments(moto_server, s3, ef
 def test_interrupted_write_leaves_nothing(moto_server, s3, efs):
     path = f"{s3.test_bucket}/partial.bin"
     client = moto_server.boto3("s3")
-    with pytest.raises(RuntimeError, match="boom"):
-        with efs.open(path, "wb") as f:
-            f.write(_data(12 * MiB))  # two parts already uploaded
-            assert client.list_multipart_uploads(Bucket=s3.test_bucket).get("Uploads")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), efs.open(path, "wb") as f:
+        f.write(_data(12 * MiB))  # two parts already uploaded
+        assert client.list_multipart_uploads(Bucket=s3.test_bucket).get("Uploads")
+        raise RuntimeError("boom")
     assert not s3.exists(path)
     assert not client.list_multipart_uploads(Bucket=s3.test_bucket).get("Uploads")
     assert not s3.ls(s3.test_bucket)
     # A small write that fails leaves nothing either (nothing was sent).
-    with pytest.raises(RuntimeError):
-        with efs.open(path, "wb") as f:
-            f.write(b"x" * 100)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), efs.open(path, "wb") as f:
+        f.write(b"x" * 100)
+        raise RuntimeError("boom")
     assert not s3.exists(path)
 
 

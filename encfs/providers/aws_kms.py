@@ -87,6 +87,13 @@ _RETRYABLE = frozenset({
 })
 
 
+def _iso(value: Any) -> str:
+    """A botocore timestamp (datetime) as ISO 8601 text; '' for None."""
+    if value is None:
+        return ""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _normalise_alias(alias: str) -> str:
     alias = alias.removeprefix("aws-kms://")
     return alias if alias.startswith("alias/") else f"alias/{alias}"
@@ -249,10 +256,12 @@ class AwsKmsProvider(KeyProvider):
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
-            ConnectionError as BotoConnectionError,
             HTTPClientError,
             NoCredentialsError,
             ParamValidationError,
+        )
+        from botocore.exceptions import (
+            ConnectionError as BotoConnectionError,
         )
 
         client = self._client(self._region_of(key) if key else None)
@@ -420,13 +429,13 @@ class AwsKmsProvider(KeyProvider):
             "multi_region": bool(meta.get("MultiRegion", False)),
         }
         if deletion is not None:
-            extra["deletion_date"] = deletion.isoformat() if hasattr(deletion, "isoformat") else str(deletion)
+            extra["deletion_date"] = _iso(deletion)
         material = meta.get("CurrentKeyMaterialId") or ""
         return KeyInfo(
             uri=f"{self.scheme}://{arn}", key_id=arn, provider=self.scheme, state=meta.get("KeyState", ""),
             current_version=material, versions=[material] if material else [], aliases=sorted(aliases),
             description=meta.get("Description", ""),
-            created=created.isoformat() if hasattr(created, "isoformat") else str(created or ""),
+            created=_iso(created),
             tags=tags, extra=extra,
         )
 
@@ -498,7 +507,7 @@ class AwsKmsProvider(KeyProvider):
         for src, dst in (("NextRotationDate", "next_rotation"), ("OnDemandRotationStartDate", "on_demand_started")):
             value = resp.get(src)
             if value is not None:
-                out[dst] = value.isoformat() if hasattr(value, "isoformat") else str(value)
+                out[dst] = _iso(value)
         return out
 
     def schedule_deletion(self, ref: KeyRef, days: int = 30) -> KeyInfo:
