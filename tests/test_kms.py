@@ -219,6 +219,12 @@ def test_provider_refuses_pickle_and_fs_options_hold_no_secrets(kms, memfs):
         "AwsKmsProvider(region_name='us-east-1', endpoint_url='http://h')")
 
 
+def test_unknown_profile_is_a_configuration_error(aws_env):
+    provider = AwsKmsProvider(region_name=REGION, profile_name="encfs-no-such-profile")
+    with pytest.raises(ConfigurationError, match="cannot create an AWS KMS client"):
+        provider.resolve(KeyRef("aws-kms", "alias/x"))
+
+
 # -- error translation with stubbed responses ----------------------------------------------
 @pytest.fixture
 def stubbed(aws_env):

@@ -21,6 +21,7 @@ from fsspec.tests.abstract import (
 from encfs import EncryptedFileSystem
 from encfs.errors import IntegrityError
 from encfs.format import HEADER_REGION, MAGIC, TAG_BYTES
+from encfs.s3 import IN_FLIGHT
 
 try:
     from tests._servers import unique
@@ -75,10 +76,16 @@ def test_multipart_more_than_three_parts_aligned_to_segments(moto_server, s3, ef
     path = f"{s3.test_bucket}/big.bin"
     data = _data(17 * MiB + 12345)
     moto_server.clear_log()
+    buffered, in_flight = [], []
     with efs.open(path, "wb") as f:
         view = memoryview(data)
         for i in range(0, len(data), MiB + 7):  # odd chunking: parts must still align
             f.write(view[i : i + MiB + 7])
+            buffered.append(len(f._sink._buf))
+            in_flight.append(len(f._sink._pending))
+    # Memory stays bounded whatever the object size: the part being filled
+    # (under a part size plus one segment) and at most IN_FLIGHT parts uploading.
+    assert max(buffered) < 5 * MiB + STRIDE and max(in_flight) <= IN_FLIGHT
     ops = _s3_ops(moto_server)
     parts = [r for r in ops if r.method == "PUT" and "partNumber=" in r.query]
     assert len(parts) >= 4

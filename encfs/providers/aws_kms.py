@@ -77,7 +77,8 @@ _ERRORS: dict[str, tuple[type[EncfsError], str]] = {
 
 #: boto3 sessions shared per process and profile (see _new_client).
 _SESSION_LOCK = threading.Lock()
-_SESSIONS: dict[str, Any] = {}
+_SESSIONS: dict[str, Any] = {}  # profile name ("" = default chain) -> boto3 Session
+_SESSIONS_PID = [os.getpid()]  # the process _SESSIONS belongs to
 
 #: Codes worth retrying with backoff: throttling and transient server faults.
 _RETRYABLE = frozenset({
@@ -226,9 +227,9 @@ class AwsKmsProvider(KeyProvider):
                         connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
                         user_agent_extra="encfs")
         with _SESSION_LOCK:  # boto3 sessions are not thread-safe
-            if _SESSIONS.get("pid") != os.getpid():
+            if _SESSIONS_PID[0] != os.getpid():
                 _SESSIONS.clear()
-                _SESSIONS["pid"] = os.getpid()
+                _SESSIONS_PID[0] = os.getpid()
             # One session per profile and process: it caches the service model
             # and resolved credentials, so each filesystem instance (dask
             # builds many) does not parse the KMS model or query IMDS again.
