@@ -194,6 +194,9 @@ class S3MultipartSink(Sink):
             futures.append((number, fut))
             self._offset += stop - pos
             pos = stop
+        # Wait for every copy before looking at any result: a failure then
+        # leads to an abort that no copy still in flight can outlive.
+        concurrent.futures.wait([fut for _, fut in futures])
         for number, fut in futures:
             self._parts.append({"PartNumber": number, "ETag": fut.result()["CopyPartResult"]["ETag"]})
 

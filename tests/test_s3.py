@@ -363,3 +363,21 @@ def test_cat_ranges_over_many_objects_runs_concurrently(moto_server, s3, efs, mo
     assert sorted(set(opened)) == sorted(set(paths)) and len(opened) == len(set(paths))  # each object opened once
     with pytest.raises(FileNotFoundError):
         efs.cat_ranges(paths, starts, ends, on_error="raise")
+
+
+def test_rebind_copy_of_a_replaced_source_fails_and_leaves_nothing(moto_server, s3, efs, monkeypatch):
+    b = s3.test_bucket
+    efs.pipe_file(f"{b}/moving.bin", _data(12 * MiB))
+    real_info = efs.fs.info
+
+    def stale_info(path, **kwargs):
+        # As if the source had been replaced after the copy looked at it.
+        return {**real_info(path, **kwargs), "ETag": '"0123456789abcdef0123456789abcdef"'}
+
+    monkeypatch.setattr(efs.fs, "info", stale_info)
+    with pytest.raises(OSError) as exc:
+        efs.cp(f"{b}/moving.bin", f"{b}/moved.bin")
+    assert "PreconditionFailed" in repr(exc.value.__cause__) or "condition" in str(exc.value).lower()
+    monkeypatch.undo()
+    assert not s3.exists(f"{b}/moved.bin")
+    assert not moto_server.boto3("s3").list_multipart_uploads(Bucket=b).get("Uploads")
