@@ -13,7 +13,7 @@ The speed-up is bounded by what does not parallelise: interpreter start-up
 (measured with ``encfs --version`` and reported) and the disk.  Target
 (issue 4): >= 1.7x on 2 cores.
 
-    python benchmarks/bench_multicore.py            # 64 x 16 MiB, 3 rounds
+    python benchmarks/bench_multicore.py            # 64 x 16 MiB, 5 rounds
     python benchmarks/bench_multicore.py --quick    # 16 x 4 MiB, 2 rounds
 """
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--disk", action="store_true",
                    help="copy on disk (system temp dir) instead of /dev/shm: then the disk's fsync rate, "
                         "not the CPU, usually bounds the speed-up")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 3, quick 2)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved repetitions (default 5, quick 2)")
     args = p.parse_args(argv)
     nfiles = args.files or (16 if args.quick else 64)
     fmib = args.file_mib or (4 if args.quick else 16)
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         # RAM-backed: this measures CPU scaling; a shared virtual disk's
         # fsync rate (the local sink fsyncs every object) would cap it.
         os.environ["ENCFS_BENCH_TMP"] = "/dev/shm"
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 5)
     total = nfiles * fmib * MiB
     report = Report("multicore", params={"files": nfiles, "file_MiB": fmib, "rounds": rounds, "cpus": os.cpu_count()})
 
