@@ -262,6 +262,52 @@ def test_cli_paths_through_generic_code(moto_server, s3, kms_key, tmp_path):
     assert fs.cat(f"{s3.test_bucket}/d.txt") == b"put me"
 
 
+def test_cli_commands_with_s3_paths_and_kms_keys(moto_server, s3, tmp_path, capsys):
+    """Every data command of the CLI, and KMS key admin, against S3 + KMS."""
+    import json
+
+    from encfs.cli import main
+
+    e = moto_server.endpoint
+    kopts = ["-o", f"aws-kms.endpoint_url={e}", "-o", "aws-kms.region_name=us-east-1"]
+    opts = ["-o", f"s3.endpoint_url={e}",
+            "-o", "enc.providers=" + json.dumps({"aws-kms": {"endpoint_url": e, "region_name": "us-east-1"}})]
+    alias = unique("cli")
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        try:
+            main(list(args))  # the console entry point, in process
+        except SystemExit as exc:
+            pytest.fail(f"encfs {' '.join(args[:2])} exited {exc.code}: {capsys.readouterr().err}")
+        return capsys.readouterr().out
+
+    created = run("keys", *kopts, "create", "--provider", "aws-kms", "--alias", alias, "--json")
+    assert "arn:aws:kms:us-east-1:" in created
+    key = ["-k", f"aws-kms://alias/{alias}"]
+    assert "Enabled" in run("keys", *kopts, "describe", f"aws-kms://alias/{alias}")
+    run("keys", *kopts, "disable", f"aws-kms://alias/{alias}")
+    assert "Disabled" in run("keys", *kopts, "describe", f"aws-kms://alias/{alias}")
+    run("keys", *kopts, "enable", f"aws-kms://alias/{alias}")
+    assert "automatic" in run("keys", *kopts, "rotation", f"aws-kms://alias/{alias}")
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"alpha" * 300)
+    (src / "sub" / "b.txt").write_bytes(b"beta")
+    url = f"enc::s3://{s3.test_bucket}/cli"
+    run("cp", "-r", "-q", *key, *opts, str(src), url)
+    assert s3.cat_file(f"{s3.test_bucket}/cli/a.txt", start=0, end=4) == MAGIC
+    listing = run("ls", *key, *opts, url)
+    assert "1500" in listing and "a.txt" in listing
+    assert run("cat", *key, *opts, f"{url}/sub/b.txt") == "beta"
+    assert "authenticated   yes" in run("info", *key, *opts, f"{url}/a.txt")
+    assert "2 ok, 0 failed" in run("verify", *key, *opts, url)
+    run("cp", "-q", *key, *opts, f"{url}/a.txt", f"{url}/copy.txt")  # re-bind inside S3
+    run("cp", "-q", *key, *opts, f"{url}/copy.txt", str(tmp_path / "back.txt"))
+    assert (tmp_path / "back.txt").read_bytes() == b"alpha" * 300
+
+
 # -- fsspec's conformance suite over enc::s3:// -------------------------------------------
 @pytest.fixture(scope="module")
 def conformance_root(moto_server, tmp_path_factory):
