@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 RESULTS_MD = HERE / "RESULTS.md"
 PLOT = HERE / "results.png"
-BENCHES = ["throughput", "peers", "small_objects", "memory", "multicore"]
+BENCHES = ["throughput", "peers", "small_objects", "memory", "multicore", "s3"]
 
 sys.path.insert(0, str(HERE))
 from _common import machine, table  # noqa: E402
