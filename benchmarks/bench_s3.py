@@ -11,7 +11,7 @@ numbers do not depend on what the client believes it asked for.
     a 4 KiB read: plaintext is one ranged GET of 4 KiB; through encfs the
     file is opened once (counted separately) and the read must be one
     ranged GET of at most 2 segments of ciphertext.
-(b) A Parquet file of 8 row groups x 4 float columns (20 MB, incompressible),
+(b) A Parquet file of 8 row groups x 4 random float columns (about 25 MB),
     read with ``pyarrow.parquet.read_table(columns=[one])`` on a file opened
     with ``cache_type="none"`` (as dask does), plaintext vs encrypted: the
     ciphertext bytes must be at most 1.15 x the plaintext bytes.
@@ -135,7 +135,7 @@ def main() -> None:
     args = parser(__doc__.splitlines()[0]).parse_args()
     size = (32 if args.quick else 256) * MiB
     reads = 10 if args.quick else 50
-    rows = 625_000  # 4 float64 columns: 20 MB, 8 row groups
+    rows = 625_000  # 4 random float64 columns, 8 row groups: about 25 MB of Parquet
     os.environ.update(CREDENTIALS)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = MotoServer().start()
