@@ -225,6 +225,21 @@ def test_unknown_profile_is_a_configuration_error(aws_env):
         provider.resolve(KeyRef("aws-kms", "alias/x"))
 
 
+def test_unreachable_service_is_unavailable_after_retries(aws_env):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    sleeps: list[float] = []
+    provider = AwsKmsProvider(region_name=REGION, endpoint_url=f"http://127.0.0.1:{port}", max_attempts=3,
+                              sleep=sleeps.append, connect_timeout=2)
+    with pytest.raises(KeyUnavailableError) as exc:
+        provider.unwrap(ENTRY, {})
+    assert len(sleeps) == 2 and exc.value.operation == "unwrap" and ARN in str(exc.value)
+    assert exc.value.__cause__ is not None
+
+
 # -- error translation with stubbed responses ----------------------------------------------
 @pytest.fixture
 def stubbed(aws_env):
