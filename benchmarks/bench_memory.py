@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import MiB, Report, Target, mbps, parser, table, temp_dir  # noqa: E402
+from _common import MiB, Report, Target, mbps, parser, table, temp_dir
 
 CHUNK = MiB
 

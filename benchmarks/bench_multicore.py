@@ -24,10 +24,11 @@ import resource
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, MiB, Report, Target, interleaved, mbps, parser, table, temp_dir  # noqa: E402
+from _common import ROOT, MiB, Report, Target, interleaved, mbps, parser, table, temp_dir
 
 ENCFS = [sys.executable, "-m", "encfs.cli"]
 
@@ -80,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(warm)
         dsts = {j: os.path.join(work, f"dst{j}") for j in (1, 2)}
 
-        def cleanup(j: int):
-            # Remove both destinations: only one copy is in memory at a time.
-            return lambda: [shutil.rmtree(d, ignore_errors=True) for d in dsts.values()]
+        def cleanup(j: int) -> Callable[[], None]:
+            def _cleanup() -> None:
+                # Remove both destinations: only one copy is in memory at a time.
+                for d in dsts.values():
+                    shutil.rmtree(d, ignore_errors=True)
+            return _cleanup
 
-        def copy(j: int):
+        def copy(j: int) -> Callable[[], None]:
             def _copy() -> None:
                 c0 = _children_cpu()
                 run_encfs(["cp", "-q", "-r", "--jobs", str(j), src, "enc::file://" + dsts[j]], ks)

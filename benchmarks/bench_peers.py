@@ -31,12 +31,13 @@ import subprocess
 import sys
 import venv
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HERE, MiB, Report, Target, interleaved_wall_cpu, mbps, parser, table, temp_dir  # noqa: E402
-from bench_throughput import enc_over, private_memory, read_stream, write_stream  # noqa: E402
+from _common import HERE, MiB, Report, Target, interleaved_wall_cpu, mbps, parser, table, temp_dir
+from bench_throughput import enc_over, private_memory, read_stream, write_stream
 
 VENV = HERE / ".venv-peers"
 PIP_QUIET = ["-q", "--disable-pip-version-check"]
@@ -82,7 +83,7 @@ def venv_python(dists: list[str]) -> Path:
         print(f"creating {VENV} ...", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
     missing = [d for d in dists
-               if subprocess.run([str(py), "-m", "pip", "show", "-q", d], capture_output=True).returncode != 0]
+               if subprocess.run([str(py), "-m", "pip", "show", "-q", d], capture_output=True, check=False).returncode != 0]
     if missing:
         subprocess.run([str(py), "-m", "pip", "install", *PIP_QUIET, *missing], check=True)
     return py
@@ -111,8 +112,8 @@ def aws_sdk_cases(payload: bytes) -> tuple[dict[str, Callable[[], Any]], dict[st
         ct, _ = client.encrypt(source=payload, key_provider=master, **kw)
         pt, _ = client.decrypt(source=ct, key_provider=master)
         assert pt == payload
-        writes[name] = lambda kw=kw: client.encrypt(source=payload, key_provider=master, **kw)
-        reads[name] = lambda ct=ct: client.decrypt(source=ct, key_provider=master)
+        writes[name] = partial(client.encrypt, source=payload, key_provider=master, **kw)
+        reads[name] = partial(client.decrypt, source=ct, key_provider=master)
     return writes, reads, aws_encryption_sdk.__version__
 
 
@@ -156,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             py = venv_python(["fsspec-encrypted"])
             res = subprocess.run([str(py), str(HERE / "_peer_worker.py"), "fsspec-encrypted", str(size_mib), str(rounds)],
-                                 capture_output=True, text=True, timeout=1800)
+                                 capture_output=True, text=True, timeout=1800, check=False)
             peer = json.loads(res.stdout.strip().splitlines()[-1])
-        except Exception as exc:  # a peer that does not install is reported, not fatal
+        except Exception as exc:  # noqa: BLE001  # a peer that does not install is reported, not fatal
             peer = {"error": f"{type(exc).__name__}: {exc}"}
         if "error" in peer:
             report.notes.append(f"fsspec-encrypted: not measured ({peer['error']})")

@@ -29,12 +29,11 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import KiB, Report, Target, parser, table  # noqa: E402
-
-from bench_throughput import private_memory  # noqa: E402
+from _common import KiB, Report, Target, parser, table
+from bench_throughput import private_memory
 
 REGION = "us-east-1"
 
@@ -45,6 +44,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@final
 class KmsServer:
     """A moto KMS server on 127.0.0.1 (and moto's fake credentials)."""
 

@@ -31,17 +31,17 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import KiB, MiB, Report, Target, interleaved, interleaved_wall_cpu, mbps, parser, table, temp_dir  # noqa: E402
+from _common import KiB, MiB, Report, Target, interleaved, interleaved_wall_cpu, mbps, parser, table, temp_dir
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
-from fsspec.implementations.local import LocalFileSystem  # noqa: E402
-from fsspec.implementations.memory import MemoryFileSystem  # noqa: E402
-
-from encfs.fs import EncryptedFileSystem  # noqa: E402
-from encfs.format.layout import HEADER_REGION, TAG_BYTES, ciphertext_size  # noqa: E402
+from encfs.format.layout import HEADER_REGION, TAG_BYTES, ciphertext_size
+from encfs.fs import EncryptedFileSystem
 
 CHUNK = 1 * MiB
 _NONCE = struct.Struct(">QI")
@@ -205,6 +205,11 @@ def main_comparison(size: int, rounds: int, keystore: str, workdir: str, report:
     report.params["enc_file_read_vs_plain_file_read"] = rt["plain file://"] / rt["enc::file://"]
 
 
+def _rm_if_exists(fs: MemoryFileSystem, path: str) -> None:
+    if fs.exists(path):
+        fs.rm_file(path)
+
+
 def sweep(size: int, rounds: int, keystore: str, report: Report, random_reads: int) -> None:
     payload = memoryview(os.urandom(size))
     rng = random.Random(1)
@@ -214,14 +219,13 @@ def sweep(size: int, rounds: int, keystore: str, report: Report, random_reads: i
         efs = enc_over(target, keystore, seg)
         aead = AESGCM(AESGCM.generate_key(256))
 
-        def rm() -> None:
-            if target.exists("/s"):
-                target.rm_file("/s")
-        wt = interleaved({"enc": lambda: write_stream(efs, "/s", payload),
-                          "raw": lambda: raw_encrypt(aead, payload, seg)}, rounds, {"enc": rm})
+        # partial() binds this iteration's objects explicitly.
+        rm = partial(_rm_if_exists, target, "/s")
+        wt = interleaved({"enc": partial(write_stream, efs, "/s", payload),
+                          "raw": partial(raw_encrypt, aead, payload, seg)}, rounds, {"enc": rm})
         raw_blob = memoryview(b"".join(seal_all(aead, payload, seg)))
-        rt = interleaved({"enc": lambda: read_stream(efs, "/s"),
-                          "raw": lambda: raw_decrypt(aead, raw_blob, seg)}, rounds)
+        rt = interleaved({"enc": partial(read_stream, efs, "/s"),
+                          "raw": partial(raw_decrypt, aead, raw_blob, seg)}, rounds)
         ct = target.size("/s")
         assert ct == ciphertext_size(size, seg)
         # One 4 KiB read at a random offset through a freshly opened reader:
