@@ -163,14 +163,16 @@ def test_admin_operations(kms):
     info = kms.create_key(alias="admin", description="for admins", tags={"owner": "data"})
     ref = KeyRef("aws-kms", "alias/admin")
     assert info.aliases == ["alias/admin"] and info.tags == {"owner": "data"}
-    assert info.description == "for admins" and info.state == "Enabled"
+    assert info.description == "for admins" and info.state == "Enabled" and info.extra["kind"] == "customer"
     assert kms.resolve(ref) == info.key_id
     kms.disable_key(ref)
     assert kms.describe(ref).state == "Disabled"
     kms.enable_key(ref)
     assert kms.describe(ref).state == "Enabled"
     assert kms.rotation_status(ref)["automatic"] is False
+    assert kms.describe(ref).extra["rotation_enabled"] is False
     assert kms.set_rotation(ref, True)["automatic"] is True
+    assert kms.describe(ref).extra["rotation_enabled"] is True
     assert kms.rotate_key(ref).key_id == info.key_id
     assert kms.schedule_deletion(ref, 7).state == "PendingDeletion"
     assert kms.cancel_deletion(ref).state == "Disabled"

@@ -407,7 +407,18 @@ class AwsKmsProvider(KeyProvider):
     # -- description and administration ------------------------------------------------
     def describe(self, ref: KeyRef) -> KeyInfo:
         meta = self._call("describe_key", ref.name, "describe", KeyId=ref.name)["KeyMetadata"]
-        return self._info(meta)
+        info = self._info(meta)
+        if meta.get("KeyManager") == "CUSTOMER" and meta.get("KeyState") not in ("PendingDeletion",):
+            try:
+                status = self.rotation_status(KeyRef(self.scheme, info.key_id))
+            except KeyServiceError:
+                return info  # rotation is decoration (denied, unsupported key spec, ...)
+            info.extra["rotation_enabled"] = status["automatic"]
+            for src, dst in (("period_days", "rotation_period_days"), ("next_rotation", "next_rotation"),
+                             ("on_demand_started", "last_rotation")):
+                if src in status:
+                    info.extra[dst] = status[src]
+        return info
 
     def _info(self, meta: Mapping[str, Any]) -> KeyInfo:
         arn = meta["Arn"]
@@ -422,6 +433,7 @@ class AwsKmsProvider(KeyProvider):
         created = meta.get("CreationDate")
         deletion = meta.get("DeletionDate")
         extra: dict[str, Any] = {
+            "kind": str(meta.get("KeyManager", "")).lower(),  # customer or aws (managed)
             "account": meta.get("AWSAccountId", ""),
             "key_manager": meta.get("KeyManager", ""),
             "key_spec": meta.get("KeySpec", ""),
