@@ -194,6 +194,22 @@ def test_admin_operations(kms):
     assert {i.key_id for i in kms.list_keys()} == {info.key_id, other.key_id}
 
 
+def test_botocore_debug_logs_never_show_data_keys(kms, caplog):
+    import base64
+    import logging
+
+    info = kms.create_key()
+    with caplog.at_level(logging.DEBUG, logger="botocore"):
+        dek, entry = kms.generate_data_key(KeyRef("aws-kms", info.key_id), {"t": "1"})
+        assert kms.unwrap(entry, {"t": "1"}) == dek
+        kms.wrap(KeyRef("aws-kms", info.key_id), dek, {"t": "1"})
+    text = caplog.text
+    assert "Response body" in text or "withheld" in text  # botocore did log bodies
+    assert "withheld" in text
+    for form in (base64.b64encode(dek).decode(), dek.hex(), repr(dek)):
+        assert form not in text
+
+
 def test_resolve_is_cached_with_ttl(aws_env):
     now = [0.0]
     with mock_aws():

@@ -24,6 +24,7 @@ Each process builds its own clients lazily.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -74,6 +75,37 @@ _ERRORS: dict[str, tuple[type[EncfsError], str]] = {
     "InvalidCiphertextException": (IntegrityError, ""),
     "IncorrectKeyException": (IntegrityError, ""),
 }
+
+class _WithholdKeyMaterial(logging.Filter):
+    """botocore logs whole request and response bodies at DEBUG level, and
+    KMS bodies carry data keys (``Plaintext``).  This filter, installed on
+    botocore's body-logging loggers, withholds such records.  Filters run
+    only for records that pass the level check, so it costs nothing unless
+    someone turns botocore debugging on."""
+
+    MARKERS = ('"Plaintext"', "'Plaintext'", "Plaintext=")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is not ours to fix
+            return True
+        if any(m in text for m in self.MARKERS):
+            record.msg, record.args = "[encfs: record withheld: it carries AWS KMS key material]", ()
+        return True
+
+
+_LOG_FILTER = _WithholdKeyMaterial()
+_BODY_LOGGERS = ("botocore.parsers", "botocore.endpoint", "botocore.hooks", "botocore.regions",
+                 "botocore.retryhandler", "botocore.client")
+
+
+def _install_log_filter() -> None:
+    for name in _BODY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _LOG_FILTER not in logger.filters:
+            logger.addFilter(_LOG_FILTER)
+
 
 #: boto3 sessions shared per process and profile (see _new_client).
 _SESSION_LOCK = threading.Lock()
@@ -222,6 +254,7 @@ class AwsKmsProvider(KeyProvider):
             from botocore.config import Config
         except ModuleNotFoundError as exc:
             raise ConfigurationError("the aws-kms provider needs boto3: pip install 'encfs[aws]'") from exc
+        _install_log_filter()
         # Retries are ours (see _call), so botocore makes one attempt only.
         config = Config(retries={"total_max_attempts": 1, "mode": "standard"},
                         connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
