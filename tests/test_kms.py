@@ -255,7 +255,7 @@ def test_unreachable_service_is_unavailable_after_retries(aws_env):
     with pytest.raises(KeyUnavailableError) as exc:
         provider.unwrap(ENTRY, {})
     assert len(sleeps) == 2 and exc.value.operation == "unwrap" and ARN in str(exc.value)
-    assert exc.value.__cause__ is not None
+    assert exc.value.key == f"aws-kms://{ARN}" and exc.value.__cause__ is not None
 
 
 # -- error translation with stubbed responses ----------------------------------------------

@@ -300,6 +300,7 @@ class AwsKmsProvider(KeyProvider):
 
         client = self._client(self._region_of(key) if key else None)
         api = "".join(w.capitalize() for w in method.split("_"))  # decrypt -> Decrypt, for messages
+        uri = f"{self.scheme}://{key}" if key else None
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return getattr(client, method)(**params)
@@ -316,16 +317,19 @@ class AwsKmsProvider(KeyProvider):
                     continue
                 raise KeyUnavailableError(
                     f"AWS KMS {api} for {operation} of key {key or '-'} failed: cannot reach the service ({exc})",
-                    key=key or None, operation=operation) from exc
+                    key=uri, operation=operation) from exc
             except NoCredentialsError as exc:
                 raise AccessDeniedError(
                     f"AWS KMS {api} for {operation} of key {key or '-'}: no AWS credentials found",
-                    key=key or None, operation=operation) from exc
+                    key=uri, operation=operation) from exc
             except ParamValidationError as exc:
+                if "Plaintext" in params:
+                    # botocore's message may quote parameter values: never a data key.
+                    raise ConfigurationError(f"invalid AWS KMS {api} request for key {key or '-'}") from None
                 raise ConfigurationError(f"invalid AWS KMS {api} request for key {key or '-'}: {exc}") from exc
             except BotoCoreError as exc:
                 raise KeyServiceError(f"AWS KMS {api} for {operation} of key {key or '-'} failed: {exc}",
-                                      key=key or None, operation=operation) from exc
+                                      key=uri, operation=operation) from exc
         raise AssertionError("unreachable")  # the loop always returns or raises
 
     def _backoff(self, attempt: int) -> None:
