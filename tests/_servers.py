@@ -189,10 +189,18 @@ def moto_server() -> Iterator[MotoServer]:
                 os.environ[k] = v
 
 
+@pytest.fixture(scope="session")
+def _shared_s3fs(moto_server: MotoServer) -> Any:
+    # One client for the session: building an s3fs client costs more than
+    # most tests that use it.
+    return moto_server.s3fs()
+
+
 @pytest.fixture
-def s3(moto_server: MotoServer) -> Iterator[Any]:
+def s3(moto_server: MotoServer, _shared_s3fs: Any) -> Iterator[Any]:
     """A plain s3fs filesystem and a fresh bucket (name in ``s3.test_bucket``)."""
-    fs = moto_server.s3fs()
+    fs = _shared_s3fs
+    fs.invalidate_cache()
     bucket = unique("bucket")
     # boto3, not fs.mkdir: s3fs sends LocationConstraint=us-east-1, which S3 refuses.
     moto_server.boto3("s3").create_bucket(Bucket=bucket)
