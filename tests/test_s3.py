@@ -117,6 +117,34 @@ def test_interrupted_write_leaves_nothing(moto_server, s3, efs):
     assert not s3.exists(path)
 
 
+def test_killed_writer_leaves_no_object(moto_server, s3, kms_key, tmp_path):
+    """A process that dies mid-write (no close, no cleanup) leaves no object:
+    only an invisible incomplete multipart upload, which S3 lifecycle rules
+    (AbortIncompleteMultipartUpload) reclaim."""
+    import json
+    import subprocess
+    import sys
+
+    path = f"{s3.test_bucket}/crash.bin"
+    script = tmp_path / "writer.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "from encfs import EncryptedFileSystem\n"
+        "a = json.loads(sys.argv[1])\n"
+        "efs = EncryptedFileSystem(target_protocol='s3', target_options=a['s3'], key=a['key'],\n"
+        "                          providers={'aws-kms': a['kms']})\n"
+        "f = efs.open(a['path'], 'wb')\n"
+        "f.write(os.urandom(12 * 1024 * 1024))  # two parts uploaded\n"
+        "os._exit(0)  # die without closing: no commit, no abort\n")
+    args = {"s3": moto_server.target_options(default_block_size=5 * MiB), "key": kms_key,
+            "kms": moto_server.kms_options(), "path": path}
+    subprocess.run([sys.executable, str(script), json.dumps(args)], check=True, timeout=120)
+    s3.invalidate_cache()
+    assert not s3.exists(path)
+    uploads = moto_server.boto3("s3").list_multipart_uploads(Bucket=s3.test_bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == ["crash.bin"]  # parts were sent, nothing is visible
+
+
 def test_ranged_read_is_one_get_of_covering_segments(moto_server, s3, efs):
     path = f"{s3.test_bucket}/ranged.bin"
     data = _data(3 * MiB)
