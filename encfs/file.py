@@ -50,8 +50,11 @@ from .sinks import Sink, open_sink
 if TYPE_CHECKING:
     from .fs import EncryptedFileSystem
 
-#: Objects at most this large (ciphertext) are fetched in one request at open.
+#: Objects at most this large (ciphertext) are fetched whole at open.
 SMALL_OBJECT = 1024 * 1024
+#: Opening without a known size first asks for this many bytes (the header
+#: and one default-size segment): a shorter answer is the whole object.
+PROBE_BYTES = 4096 + 64 * 1024 + 16
 #: Decrypted segments an open reader keeps (the final one is always kept).
 SEGMENT_CACHE = 8
 #: Frames above close() searched for a context manager's ``__exit__``
@@ -73,14 +76,29 @@ class ObjectReader:
 
     def __init__(self, efs: EncryptedFileSystem, path: str, ct_size: int | None = None) -> None:
         self.efs, self.path, self.target = efs, path, efs.fs
+        self._whole: bytes | None = None
+        first = self._probe() if ct_size is None else None
+        if first is not None and len(first) < PROBE_BYTES:
+            # The probe returned less than asked: that is the whole object,
+            # and its size, in one request (no size lookup: on S3 a HEAD, on
+            # memory:// a scan of the store).
+            self._whole = first
+            ct_size = len(first)
         if ct_size is None:
             ct_size = int(self.target.size(path))
         self.ct_size = ct_size
-        self._whole: bytes | None = None
-        if ct_size <= SMALL_OBJECT:
-            self._whole = self.target.cat_file(path)
-            prefix = self._whole[:HEADER_REGION]
+        if self._whole is None and ct_size <= SMALL_OBJECT:
+            if first is None:
+                self._whole = self.target.cat_file(path)
+            elif ct_size > len(first):
+                self._whole = first + self.target.cat_file(path, start=len(first), end=ct_size)
+            else:  # exactly PROBE_BYTES long: the probe already holds it all
+                self._whole = first
             self.ct_size = len(self._whole)
+        if self._whole is not None:
+            prefix = self._whole[:HEADER_REGION]
+        elif first is not None:
+            prefix = first[:HEADER_REGION]
         else:
             prefix = self.target.cat_file(path, start=0, end=HEADER_REGION)
         self.header = header = read_header(efs, path, prefix)
@@ -111,6 +129,17 @@ class ObjectReader:
 
     def __repr__(self) -> str:
         return f"ObjectReader({self.path!r}, size={self.size})"
+
+    def _probe(self) -> bytes | None:
+        """The first ``PROBE_BYTES`` of the object, or None when the target
+        cannot serve a range past the end of a short object (the caller then
+        asks for the size first, which raises the target's own error)."""
+        try:
+            return bytes(self.target.cat_file(self.path, start=0, end=PROBE_BYTES))
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except Exception:  # e.g. HTTP 416 for an empty object on S3
+            return None
 
     def _open_segment(self, index: int, sealed: bytes) -> bytes:
         try:

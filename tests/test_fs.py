@@ -184,8 +184,11 @@ def test_cat_ranges_reads_each_object_once(efs_spy, spy):
     got = efs_spy.cat_ranges(["/a", "/b", "/a", "/missing", "/a"], [0, 2, -5, 0, SEG], [4, None, None, 1, 2 * SEG])
     assert got[:3] == [a[:4], b[2:], a[-5:]] and got[4] == a[SEG : 2 * SEG]
     assert isinstance(got[3], FileNotFoundError)
-    # one size lookup per distinct object, not per range
-    assert sorted(args[0] for name, args, _ in spy.calls if name == "info") == ["/a", "/b", "/missing"]
+    # each object is opened once, not once per range: small objects are
+    # fetched whole by the opening probe, with no size lookup at all
+    infos = [args[0] for name, args, _ in spy.calls if name == "info"]
+    assert len(infos) == len(set(infos)) and set(infos) <= {"/missing"}
+    assert sorted(args[0] for name, args, _ in spy.calls if name == "cat_file") == ["/a", "/b", "/missing"]
     with pytest.raises(FileNotFoundError):
         efs_spy.cat_ranges(["/missing"], [0], [1], on_error="raise")
 
@@ -683,3 +686,17 @@ def test_copying_a_plaintext_file_is_refused(efs_mem, memfs):
     with pytest.raises(FormatError, match="/plain.txt"):
         efs_mem.cp_file("/plain.txt", "/copy.txt")
     assert not memfs.exists("/copy.txt")
+
+
+@pytest.mark.parametrize("size", [0, 1, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 2 * 64 * 1024, 16 * 64 * 1024 + 5])
+def test_open_probe_boundaries(efs_mem, efs_local, size):
+    """The opening probe (header + one 64 KiB segment) is exact at its edges:
+    an object exactly as long as the probe, or one byte longer, reads right."""
+    data = os.urandom(size)
+    local, root = efs_local
+    for fs, path in ((efs_mem, "/probe.bin"), (local, str(root / "probe.bin"))):
+        fs.pipe_file(path, data)
+        assert fs.cat_file(path) == data
+        assert fs.cat_file(path, start=size // 2) == data[size // 2 :]
+        with fs.open(path, "rb") as f:
+            assert f.size == size and f.read() == data
