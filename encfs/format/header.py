@@ -179,7 +179,7 @@ def parse_header(region: bytes, path: str | None = None) -> Header:
     where = f" at {path}" if path else ""
     if len(region) < FIXED_BYTES or region[:4] != MAGIC:
         raise FormatError(f"not an encfs object{where}")
-    magic, version, suite, flags, region_len, segment_size, object_id = _FIXED.unpack_from(region, 0)
+    _magic, version, suite, flags, region_len, segment_size, object_id = _FIXED.unpack_from(region, 0)
     if version != VERSION:
         raise UnsupportedVersionError(f"unsupported encfs format version {version}{where}")
     if suite not in SUPPORTED_SUITES:

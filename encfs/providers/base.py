@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, EncfsError
 from ..format import DEK_BYTES, WrappedKey
 
 
@@ -101,7 +101,7 @@ class KeyProvider(ABC):
             try:
                 if self.resolve(ref) == wrapped.key_id:
                     return True
-            except Exception:  # an unresolvable configured key allows nothing
+            except EncfsError:  # an unresolvable configured key allows nothing
                 continue
         return False
 
