@@ -28,9 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives import constant_time
+
 from .errors import EncfsError, FormatError, IntegrityError, NoUsableKeyError
 from .format import HEADER_REGION, PATH_KEY, Header, ObjectKeys, WrappedKey, parse_header, replace_wrapped_keys
-from .keyring import Keyring
+from .keyring import Keyring, service_context
 from .providers import KeyRef
 from .sinks import TEMP_MARK, open_sink
 
@@ -178,6 +180,22 @@ class Rewrapper:
             )
         return result
 
+    def _check_entries(self, header: Header, dek: bytes, tpath: str) -> None:
+        """In "current version" mode the root keys to wrap under come from the
+        wrapped-key section, which the header MAC does not cover: anyone who
+        can write to the store could append an entry naming a key they can
+        decrypt with, and a rewrap would hand them the data key.  So every
+        entry must unwrap to this object's data key before its key is used."""
+        keyring = self.efs.keyring
+        ctx = service_context(header.context)
+        for entry in header.wrapped_keys:
+            try:
+                got = keyring._unwrap(keyring.provider(entry.provider), entry, ctx)
+            except IntegrityError:
+                raise IntegrityError(tpath) from None
+            if not constant_time.bytes_eq(got, dek):
+                raise IntegrityError(tpath)
+
     def _rewrite(self, tpath: str, region: bytes, header: Header, refs: list[KeyRef], before: list[str]) -> RewrapResult:
         target = self.efs.fs
         size = int(target.size(tpath))
@@ -186,6 +204,8 @@ class Rewrapper:
             header.verify(keys, tpath)  # never re-bless a tampered header
             if self.efs.bind_path and header.context.get(PATH_KEY) != self.efs._bound_path(tpath):
                 raise IntegrityError(tpath)
+            if self.to_refs is None:
+                self._check_entries(header, dek, tpath)
             new = self.efs.keyring.rewrap(dek, header.context, refs)
         finally:
             del dek, keys
