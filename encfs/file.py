@@ -408,6 +408,12 @@ class EncryptedWriteFile(io.IOBase):
             # A write discarded inside a transaction (its exception was caught
             # and the transaction went on) stays discarded.
             return
+        if self._failed:
+            # A segment never reached the target (or only part of it did):
+            # sealing the buffer as final would publish a shorter object
+            # that authenticates.  A transaction commits files nobody closed.
+            self.discard()
+            raise OSError(f"an earlier write to {self.path} failed; nothing was stored")
         self._finish()
         self._sink.commit()
         self._committed = True

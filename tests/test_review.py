@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from encfs import EncryptedFileSystem
+from encfs.file import EncryptedWriteFile
 from encfs.format import HEADER_REGION, WrappedKey, parse_header, replace_wrapped_keys
 from encfs.keystore.store import LocalKeystore
 from encfs.rewrap import FAILED, rewrap
+from encfs.sinks import BufferSink
 
 
 def _efs(target, home, key="local://default", **kw):
@@ -42,3 +46,56 @@ def test_rewrap_does_not_wrap_the_data_key_under_an_injected_key(memfs, encfs_ho
     after = parse_header(memfs.cat_file("/t/a")[:HEADER_REGION])
     assert [w for w in after.wrapped_keys if w.key_id == attacker] == [forged]
     assert owner in {w.key_id for w in after.wrapped_keys}
+
+
+class _FailingSink(BufferSink):
+    """Fails (atomically: nothing written) on the ``fail_at``-th write."""
+
+    def __init__(self, fs, path, exclusive, fail_at):
+        super().__init__(fs, path, exclusive)
+        self.writes, self.fail_at = 0, fail_at
+
+    def write(self, data):
+        self.writes += 1
+        if self.writes == self.fail_at:
+            raise OSError("target unavailable")
+        super().write(data)
+
+
+def test_commit_after_a_failed_segment_write_stores_nothing(memfs, encfs_home):
+    """A segment whose write to the target failed is lost; a later commit
+    (explicit, or by a transaction the file was enrolled in while the caller
+    caught the write error and never closed it) sealed the buffered bytes as
+    the final segment and published a shorter object that authenticates."""
+    fs = _efs(memfs, encfs_home, segment_size=1024)
+    tpath = fs._target_path("/w/obj")
+    sink = _FailingSink(memfs, tpath, False, fail_at=3)  # header, segment 0, then segment 1 fails
+    f = EncryptedWriteFile(fs, tpath, "wb", autocommit=False, sink=sink)
+    f.write(b"a" * 1024)
+    with pytest.raises(OSError):
+        f.write(b"b" * 2048)  # seals segment 0, then segment 1 fails
+    with pytest.raises(OSError):
+        f.commit()
+    assert not memfs.exists(tpath)
+
+
+def test_transaction_does_not_publish_a_file_whose_write_failed(memfs, encfs_home, monkeypatch):
+    fs = _efs(memfs, encfs_home, segment_size=1024)
+    real = BufferSink.write
+    calls = []
+
+    def flaky(self, data):
+        calls.append(len(data))
+        if len(calls) == 3:
+            raise OSError("target unavailable")
+        real(self, data)
+
+    monkeypatch.setattr(BufferSink, "write", flaky)
+    with pytest.raises(OSError), fs.transaction:
+        f = fs.open("/w/tx", "wb")
+        f.write(b"a" * 1024)
+        try:
+            f.write(b"b" * 4096)
+        except OSError:
+            pass  # caught; the file is never closed
+    assert not memfs.exists(fs._target_path("/w/tx"))
