@@ -134,7 +134,11 @@ class Rewrapper:
         try:
             return keyring.unwrap(header, path)
         except NoUsableKeyError:
-            pass
+            # Re-wrapping under *other* keys vouches for the object: only a
+            # key on this filesystem's allow-list may do that, or an object
+            # forged under a key the attacker controls would be blessed.
+            if self.to_refs is not None:
+                raise
         # An administrator rewrapping objects may use the keys the object
         # names even if this filesystem's allow-list does not: the key
         # service still decides, and the commitment check still applies.

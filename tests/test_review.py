@@ -10,9 +10,11 @@ import os
 import pytest
 
 from encfs import EncryptedFileSystem
+from encfs.errors import NoUsableKeyError
 from encfs.file import EncryptedWriteFile
 from encfs.format import HEADER_REGION, WrappedKey, parse_header, replace_wrapped_keys
 from encfs.keystore.store import LocalKeystore
+from encfs.providers.local import LocalProvider
 from encfs.rewrap import FAILED, rewrap
 from encfs.sinks import BufferSink
 
@@ -99,3 +101,33 @@ def test_transaction_does_not_publish_a_file_whose_write_failed(memfs, encfs_hom
         except OSError:
             pass  # caught; the file is never closed
     assert not memfs.exists(fs._target_path("/w/tx"))
+
+
+class _AllowListedLocal(LocalProvider):
+    """A local provider with an allow-list, as AWS KMS and PKCS#11 have."""
+
+    def allows(self, wrapped, refs):
+        return any(r.scheme == self.scheme and self.resolve(r) == wrapped.key_id for r in refs)
+
+
+def test_rewrap_to_other_keys_does_not_bless_an_object_under_a_foreign_key(memfs, encfs_home):
+    """An attacker writes a complete object under a root key of their own
+    (which the administrator's principal can use, e.g. a KMS key whose policy
+    lets anyone Decrypt).  Readers refuse it: the key is not on their
+    allow-list.  ``rewrap --to`` used to fall back to "the keys the object
+    names", unwrap the attacker's data key and wrap it under the owner's
+    key, so every reader then accepted the attacker's content."""
+    ks = LocalKeystore(encfs_home)
+    ks.create_key(alias="attacker")  # stands for the attacker's own key
+    attacker = _efs(memfs, encfs_home, key="local://alias/attacker")
+    attacker.pipe_file("/t/forged", b"attacker's content")
+    fs = _efs(memfs, encfs_home)
+    fs.keyring._providers["local"] = _AllowListedLocal(encfs_home)
+    with pytest.raises(NoUsableKeyError):
+        fs.cat_file("/t/forged")
+
+    report = rewrap(fs, "/t", to=["local://default"])
+
+    assert [r.status for r in report.results] == [FAILED]
+    with pytest.raises(NoUsableKeyError):
+        fs.cat_file("/t/forged")
