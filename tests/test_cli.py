@@ -144,6 +144,23 @@ def test_cat_is_binary_safe(tmp_path: Path, encfs_home: Path, tree: Path) -> Non
     assert proc.stdout == (tree / "sub" / "notes.txt").read_bytes()
 
 
+def test_cat_into_a_closed_pipe_exits_quietly(tmp_path: Path, encfs_home: Path) -> None:
+    """`encfs cat big | head -c 10`: like coreutils, no message and status 141
+    (128 + SIGPIPE), never click's silent 1 or a traceback."""
+    (tmp_path / "huge.bin").write_bytes(os.urandom(9_000_000))  # several of cat's 4 MiB writes
+    run(["cp", "-q", "huge.bin", "enc::big.bin"], encfs_home, tmp_path)
+    env = {**os.environ, "ENCFS_HOME": str(encfs_home)}
+    env.pop("ENCFS_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "encfs.cli", "cat", "big.bin"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == (tmp_path / "huge.bin").read_bytes()[:10]
+    proc.stdout.close()  # the rest does not fit in a pipe buffer: the writer hits EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert err == ""
+
+
 def test_ls_reports_plaintext_sizes(tmp_path: Path, encfs_home: Path, tree: Path) -> None:
     run(["cp", "-r", "-q", "src", "enc::enc"], encfs_home, tmp_path)
     proc = run(["ls", "-l", "enc"], encfs_home, tmp_path)
@@ -193,6 +210,21 @@ def test_info_segment_size_option(tmp_path: Path, encfs_home: Path, tree: Path) 
     assert proc.returncode == 0, proc.stderr.decode()
     info = json.loads(run(["info", "--json", "small-seg.bin"], encfs_home, tmp_path).stdout)
     assert info["segment_size"] == 4096 and info["segments"] == -(-300_000 // 4096)
+
+
+def test_info_text_for_one_segment_and_a_key_without_version(tmp_path: Path, encfs_home: Path) -> None:
+    from encfs.cli.files import format_info
+
+    (tmp_path / "one.txt").write_bytes(b"hi")
+    run(["cp", "-q", "one.txt", "enc::one.bin"], encfs_home, tmp_path)
+    report = json.loads(run(["info", "--json", "one.bin"], encfs_home, tmp_path).stdout)
+    text = "\n".join(format_info(report))
+    assert "(1 segment + 4096-byte header)" in text
+    assert "(version 1)" in text
+    # KMS answers without KeyMaterialId (moto, keys never rotated on demand) leave the version empty.
+    report["wrapped_keys"] = [{"uri": "aws-kms://arn:aws:kms:eu-west-1:123456789012:key/k", "version": ""}]
+    line = next(x for x in format_info(report) if x.startswith("wrapped keys"))
+    assert line.endswith("key/k (no version recorded)") and "version )" not in line
 
 
 def test_verify_passes_then_names_the_tampered_object(tmp_path: Path, encfs_home: Path, tree: Path) -> None:

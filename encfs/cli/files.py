@@ -73,7 +73,7 @@ def cp(src: str, dst: str, recursive: bool, jobs: int, quiet: bool, progress: bo
 @key_options
 def cat(paths: tuple[str, ...], keys: tuple[str, ...], keystore: str | None, options: tuple[str, ...]) -> None:
     """Decrypt objects to stdout (binary safe; each segment authenticated first)."""
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     for url in paths:
         fs, path, _ = _enc(url, keys, keystore, options)
         reader = fs.reader(path)
@@ -168,10 +168,12 @@ def format_info(info: dict[str, Any]) -> list[str]:
         f"object id       {info['object_id']}",
         f"plaintext size  {size if size is not None else 'invalid (truncated or extended)'}"
         + (f" ({human_size(size)})" if size else ""),
-        f"encrypted size  {info['encrypted_size']} ({info['segments']} segments + {info['header_region']}-byte header)"
+        f"encrypted size  {info['encrypted_size']} ({info['segments']} segment{'' if info['segments'] == 1 else 's'}"
+        f" + {info['header_region']}-byte header)"
         if info["segments"] is not None else f"encrypted size  {info['encrypted_size']}",
         "wrapped keys    " + "\n                ".join(
-            f"{w['uri']} (version {w['version']})" for w in info["wrapped_keys"]),
+            f"{w['uri']} ({'version ' + w['version'] if w['version'] else 'no version recorded'})"
+            for w in info["wrapped_keys"]),
         "context         " + "\n                ".join(f"{k} = {v}" for k, v in sorted(info["context"].items())),
     ]
     if info["authenticated"]:

@@ -24,7 +24,34 @@ from ..errors import EncfsError
 COMMAND_MODULES = ("files", "demo", "keys", "audit", "rewrap", "hsm", "stats")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _BrokenPipe(Exception):
+    """The reader of stdout went away (``encfs cat x | head``)."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        # click would turn EPIPE into a silent exit 1; surface it to main().
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            if not _stdout_gone():  # a broken connection to storage or a key service: a real error
+                raise ConnectionError(f"broken pipe: {exc}") from exc
+            raise _BrokenPipe() from exc
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader has closed its end (poll reports POLLERR)."""
+    try:
+        import select
+
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no real stdout
+        return True
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="encfs")
 def cli() -> None:
     """encfs: envelope-encrypted storage for any fsspec filesystem."""
@@ -61,6 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         rc = cli.main(args=argv, prog_name="encfs", standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
+    except _BrokenPipe:
+        # Like cat under SIGPIPE: no message, status 128 + SIGPIPE.  Point
+        # stdout at /dev/null so the interpreter's final flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except click.exceptions.Abort:
         click.echo("encfs: aborted", err=True)
         sys.exit(130)

@@ -287,6 +287,8 @@ class AwsKmsProvider(KeyProvider):
     # -- calls, retries, error translation -------------------------------------------
     def _call(self, method: str, key: str, operation: str, **params: Any) -> dict[str, Any]:
         """Call KMS ``method`` with retries; translate failures at this boundary."""
+        # The client first: without boto3 it raises the "pip install 'encfs[aws]'" hint.
+        client = self._client(self._region_of(key) if key else None)
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -298,7 +300,6 @@ class AwsKmsProvider(KeyProvider):
             ConnectionError as BotoConnectionError,
         )
 
-        client = self._client(self._region_of(key) if key else None)
         api = "".join(w.capitalize() for w in method.split("_"))  # decrypt -> Decrypt, for messages
         uri = f"{self.scheme}://{key}" if key else None
         for attempt in range(1, self.max_attempts + 1):
