@@ -18,6 +18,7 @@ the sink; an exception inside ``with fs.open(p, "wb")`` discards it.
 from __future__ import annotations
 
 import contextlib
+import dis
 import io
 import os
 import sys
@@ -69,6 +70,21 @@ def read_header(efs: EncryptedFileSystem, path: str, prefix: bytes) -> Header:
             raise IntegrityError(path)
         raise FormatError(f"not an encfs object (too short to hold a header) at {path}")
     return parse_header(prefix[:HEADER_REGION], path)
+
+
+#: The opcode that calls a context manager's ``__exit__`` for an exception.
+_WITH_EXCEPT_START = dis.opmap.get("WITH_EXCEPT_START")
+
+
+def _calls_exit_for_exception(frame: Any) -> bool:
+    """Is ``frame`` calling ``__exit__`` because its ``with`` block raised?
+
+    A C ``__exit__`` (io.TextIOWrapper's, for ``fs.open(p, "w")``; io's
+    buffered writers) has no frame of its own, so the name look-up alone
+    misses it; the ``with`` statement's frame is then at this opcode.
+    """
+    code, i = frame.f_code.co_code, frame.f_lasti
+    return _WITH_EXCEPT_START is not None and 0 <= i < len(code) and code[i] == _WITH_EXCEPT_START
 
 
 class ObjectReader:
@@ -373,7 +389,7 @@ class EncryptedWriteFile(io.IOBase):
         for _ in range(_EXIT_SEARCH_DEPTH):
             if frame is None:
                 return False
-            if frame.f_code.co_name == "__exit__":
+            if frame.f_code.co_name == "__exit__" or _calls_exit_for_exception(frame):
                 return True
             frame = frame.f_back
         return False

@@ -5,6 +5,7 @@ Every test here failed before its fix.
 
 from __future__ import annotations
 
+import io
 import os
 
 import pytest
@@ -131,3 +132,29 @@ def test_rewrap_to_other_keys_does_not_bless_an_object_under_a_foreign_key(memfs
     assert [r.status for r in report.results] == [FAILED]
     with pytest.raises(NoUsableKeyError):
         fs.cat_file("/t/forged")
+
+
+def test_text_mode_write_interrupted_by_an_exception_stores_nothing(memfs, encfs_home):
+    """``with fs.open(p, "w")`` (what pandas' to_csv does) wraps the file in
+    io.TextIOWrapper, whose __exit__ is C code with no frame of its own: the
+    look-up for an ``__exit__`` frame missed it and close() committed the
+    truncated object as a valid one."""
+    fs = _efs(memfs, encfs_home)
+    with pytest.raises(RuntimeError):
+        with fs.open("/w/t.csv", "w") as f:
+            f.write("a,b\n1,2\n")
+            raise RuntimeError("the producer failed half way")
+    assert not fs.exists("/w/t.csv")
+    with pytest.raises(RuntimeError):
+        with io.BufferedWriter(fs.open("/w/b.bin", "wb")) as f:
+            f.write(b"partial")
+            raise RuntimeError("the producer failed half way")
+    assert not fs.exists("/w/b.bin")
+    # An explicit close() in an except block still commits, as documented.
+    f = fs.open("/w/ok.txt", "w")
+    try:
+        f.write("whole")
+        raise ValueError("handled")
+    except ValueError:
+        f.close()
+    assert fs.cat_file("/w/ok.txt") == b"whole"
