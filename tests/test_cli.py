@@ -265,6 +265,15 @@ def test_verify_detects_truncation_and_a_moved_object(tmp_path: Path, encfs_home
     assert run(["verify", "enc/copied.bin"], encfs_home, tmp_path).returncode == 0
 
 
+def test_no_usable_key_says_how_to_name_one(tmp_path: Path, encfs_home: Path) -> None:
+    (tmp_path / "plain.txt").write_bytes(b"x")
+    proc = run(["cp", "-q", "--keystore", str(tmp_path / "other-ks"), "plain.txt", "enc::o.bin"], encfs_home, tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    line = assert_one_error_line(run(["cat", "o.bin"], encfs_home, tmp_path))
+    assert "no root key this filesystem may use" in line and "--key" in line and "--keystore" in line
+    assert run(["cat", "--keystore", str(tmp_path / "other-ks"), "o.bin"], encfs_home, tmp_path).stdout == b"x"
+
+
 def test_verify_missing_path_fails(tmp_path: Path, encfs_home: Path) -> None:
     proc = run(["verify", "nothing-here"], encfs_home, tmp_path)
     assert proc.returncode == 1 and "FAILED" in proc.stdout.decode()

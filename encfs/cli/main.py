@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from ..errors import EncfsError
+from ..errors import EncfsError, NoUsableKeyError
 
 #: Modules that add commands to ``cli``; a missing one is skipped so that a
 #: partially installed tree still runs.
@@ -72,6 +72,9 @@ def _one_line(exc: BaseException) -> str:
         return f"no such file or directory: {exc.filename or text}" if exc.filename else f"not found: {text}"
     if isinstance(exc, FileExistsError):
         return f"already exists: {exc.filename or text}"
+    if isinstance(exc, NoUsableKeyError):
+        # aws-kms:// and pkcs11:// keys are used only when named (strict allow-list).
+        return f"{text} (name an aws-kms/pkcs11 one with --key; a local one needs its --keystore)"
     if isinstance(exc, EncfsError):
         return text
     return f"{type(exc).__name__}: {text}"

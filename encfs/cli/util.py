@@ -116,8 +116,9 @@ def key_options(func: F) -> F:
     func = click.option("--keystore", metavar="DIR", default=None,
                         help="Local keystore directory (default $ENCFS_HOME or ~/.encfs).")(func)
     func = click.option("-k", "--key", "keys", multiple=True, metavar="URI", envvar="ENCFS_KEY",
-                        help="Root key URI for writing, e.g. local://default, aws-kms://alias/lake, "
-                             "pkcs11://token/label; repeat to wrap under several keys "
+                        help="Root key URI, e.g. local://default, aws-kms://alias/lake, "
+                             "pkcs11://token/label: wraps new objects (repeat to wrap under several keys) "
+                             "and names the aws-kms/pkcs11 keys reads may use "
                              "(default local://default; env ENCFS_KEY).")(func)
     return func
 
