@@ -327,6 +327,17 @@ def test_cp_to_s3_with_kms_and_layer_options(tmp_path: Path, encfs_home: Path, t
     assert read_tree(tmp_path / "back") == read_tree(tree)
 
 
+def test_provider_options_via_o_reach_the_enc_layer(encfs_home: Path) -> None:
+    """`-o aws-kms.region_name=...` works for file commands as it does for `encfs keys`."""
+    from encfs.cli.util import location, parse_options
+
+    opts = parse_options(["aws-kms.region_name=eu-west-1", "enc.providers={\"aws-kms\": {\"max_attempts\": 2}}",
+                          "pkcs11.max_sessions=2"])
+    fs, _ = location("enc::memory://p/x", options=opts).connect()
+    assert fs.storage_options["providers"] == {"aws-kms": {"max_attempts": 2, "region_name": "eu-west-1"},
+                                               "pkcs11": {"max_sessions": 2}}
+
+
 def test_worker_recipe_holds_references_only(tmp_path: Path, encfs_home: Path) -> None:
     """What cp --jobs hands a worker: a Location (URL, key URIs, options).
     It pickles without any key material and rebuilds a working filesystem."""

@@ -26,6 +26,9 @@ from fsspec.core import url_to_fs
 from ..errors import ConfigurationError
 
 ENC_PREFIX = "enc::"
+#: Key-service schemes whose ``-o SCHEME.NAME=VALUE`` options become the enc
+#: layer's ``providers`` (as ``encfs keys -o aws-kms.region_name=...`` takes them).
+PROVIDER_SCHEMES = ("aws-kms", "pkcs11")
 #: Option names the ``enc`` layer accepts from ``-o enc.NAME=VALUE``.  Keys are
 #: given with --key, the keystore with --keystore, so they are not listed.
 ENC_OPTIONS = frozenset({"decrypt_keys", "context", "segment_size", "providers", "bind_path", "read_block_size",
@@ -92,6 +95,11 @@ class Location:
             inner = "file://" + os.path.abspath(os.path.expanduser(inner)) + trail
         proto = inner.split("://", 1)[0]
         enc_kwargs: dict[str, Any] = dict(self.options.get("enc", {}))
+        for scheme in PROVIDER_SCHEMES:
+            if scheme in self.options:
+                providers = dict(enc_kwargs.get("providers") or {})
+                providers[scheme] = {**providers.get(scheme, {}), **self.options[scheme]}
+                enc_kwargs["providers"] = providers
         if self.keys:
             enc_kwargs["key"] = list(self.keys)
         if self.keystore:
@@ -112,7 +120,8 @@ def key_options(func: F) -> F:
     """The options every command that touches encrypted objects takes."""
     func = click.option("-o", "--option", "options", multiple=True, metavar="PROTO.NAME=VALUE",
                         help="Storage option for one layer, e.g. s3.endpoint_url=http://127.0.0.1:5000 "
-                             "or enc.segment_size=1048576 (values parsed as JSON when possible).")(func)
+                             "or enc.segment_size=1048576, or a key-service option such as "
+                             "aws-kms.region_name=eu-west-1 (values parsed as JSON when possible).")(func)
     func = click.option("--keystore", metavar="DIR", default=None,
                         help="Local keystore directory (default $ENCFS_HOME or ~/.encfs).")(func)
     func = click.option("-k", "--key", "keys", multiple=True, metavar="URI", envvar="ENCFS_KEY",
