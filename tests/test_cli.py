@@ -283,6 +283,8 @@ def test_verify_missing_path_fails(tmp_path: Path, encfs_home: Path) -> None:
     ("args", "expect"),
     [
         (["cat", "missing.bin"], "missing.bin"),
+        (["cat", "."], "is a directory"),
+        (["stats", "missing.bin"], "no such file or directory"),
         (["info", "plain.txt"], "not an encfs object"),
         (["cat", "plain.txt"], "not an encfs object"),
         (["cp", "plain.txt", "enc::out.bin", "--key", "not-a-uri"], "not-a-uri"),

@@ -70,6 +70,8 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, FileNotFoundError):
         return f"no such file or directory: {exc.filename or text}" if exc.filename else f"not found: {text}"
+    if isinstance(exc, IsADirectoryError):
+        return f"is a directory: {exc.filename or text}"
     if isinstance(exc, FileExistsError):
         return f"already exists: {exc.filename or text}"
     if isinstance(exc, NoUsableKeyError):

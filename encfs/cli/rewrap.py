@@ -54,7 +54,7 @@ def rewrap_cmd(paths: tuple[str, ...], to: tuple[str, ...], dry_run: bool, jobs:
         total.results.extend(report.results)
     for r in total.results:
         if r.status == FAILED:
-            click.echo(f"encfs: rewrap failed: {r.path}: {r.error}", err=True)
+            click.echo(f"encfs: error: rewrap failed: {r.path}: {r.error}", err=True)
         elif verbose and r.status in (REWRAPPED, WOULD_REWRAP):
             click.echo(f"{r.status}: {r.path}: {', '.join(r.before)} -> {', '.join(r.after)}")
         elif verbose:

@@ -210,6 +210,7 @@ def stats(paths: tuple[str, ...], count: int, size: int, no_cache: bool, as_json
         for line in format_stats(report["stats"]):
             click.echo(line)
         for fail in report["failed"]:
-            click.echo(f"encfs: {fail['path']}: {fail['error']}", err=True)
+            click.echo(f"encfs: error: {fail['error']}" if fail["path"] in fail["error"]
+                       else f"encfs: error: {fail['path']}: {fail['error']}", err=True)
     if report["failed"]:
         click.get_current_context().exit(1)
