@@ -422,6 +422,10 @@ class EncryptedFileSystem(ChainedFileSystem):
         removal must be too: removing at once would lose the data if the
         transaction is then rolled back.
         """
+        if isinstance(path1, str) and isinstance(path2, str) and self._bound_path(path1) == self._bound_path(path2):
+            # Two spellings of one object ("d/./f", "memory://x"): the copy
+            # would land on the source and the removal then delete it.
+            return None
         if not self._intrans:
             return super().mv(path1, path2, recursive=recursive, maxdepth=maxdepth, **kwargs)
         if path1 == path2:

@@ -158,3 +158,20 @@ def test_text_mode_write_interrupted_by_an_exception_stores_nothing(memfs, encfs
     except ValueError:
         f.close()
     assert fs.cat_file("/w/ok.txt") == b"whole"
+
+
+def test_mv_onto_another_spelling_of_the_same_object_keeps_it(memfs, encfs_home, tmp_path):
+    """fsspec's mv skips identical strings only; "d/./f" (local disk) or
+    "memory://x" name the same object as "d/f" and "/x", so the re-binding
+    copy replaced the object with itself and the removal then deleted it."""
+    fs = _efs(memfs, encfs_home)
+    fs.pipe_file("/x", b"data")
+    fs.mv("/x", "memory://x")
+    assert fs.cat_file("/x") == b"data"
+    local = EncryptedFileSystem(target_protocol="file", keystore=str(encfs_home), cache=False,
+                                skip_instance_cache=True)
+    (tmp_path / "d").mkdir()
+    f = str(tmp_path / "d" / "f")
+    local.pipe_file(f, b"data")
+    local.mv(f, str(tmp_path / "d" / "." / "f"))
+    assert local.cat_file(f) == b"data"
