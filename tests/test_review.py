@@ -140,15 +140,13 @@ def test_text_mode_write_interrupted_by_an_exception_stores_nothing(memfs, encfs
     look-up for an ``__exit__`` frame missed it and close() committed the
     truncated object as a valid one."""
     fs = _efs(memfs, encfs_home)
-    with pytest.raises(RuntimeError):
-        with fs.open("/w/t.csv", "w") as f:
-            f.write("a,b\n1,2\n")
-            raise RuntimeError("the producer failed half way")
+    with pytest.raises(RuntimeError), fs.open("/w/t.csv", "w") as f:
+        f.write("a,b\n1,2\n")
+        raise RuntimeError("the producer failed half way")
     assert not fs.exists("/w/t.csv")
-    with pytest.raises(RuntimeError):
-        with io.BufferedWriter(fs.open("/w/b.bin", "wb")) as f:
-            f.write(b"partial")
-            raise RuntimeError("the producer failed half way")
+    with pytest.raises(RuntimeError), io.BufferedWriter(fs.open("/w/b.bin", "wb")) as f:
+        f.write(b"partial")
+        raise RuntimeError("the producer failed half way")
     assert not fs.exists("/w/b.bin")
     # An explicit close() in an except block still commits, as documented.
     f = fs.open("/w/ok.txt", "w")
