@@ -340,6 +340,27 @@ def test_provider_options_via_o_reach_the_enc_layer(encfs_home: Path) -> None:
                                                "pkcs11": {"max_sessions": 2}}
 
 
+def test_hsm_init_hint_is_a_working_command(tmp_path: Path, encfs_home: Path) -> None:
+    """The "# Use it:" line of `encfs hsm init` names options that exist."""
+    pytest.importorskip("pkcs11")
+    import shutil
+
+    if shutil.which("softhsm2-util") is None:
+        pytest.skip("SoftHSM2 not installed (tests/run.sh installs it)")
+    proc = run(["hsm", "init", str(tmp_path / "hsm")], encfs_home, tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    env = dict(line[len("export "):].split("=", 1) for line in proc.stdout.decode().splitlines())
+    hint = next(line for line in proc.stderr.decode().splitlines() if line.startswith("# Use it: "))
+    command = hint[len("# Use it: "):].split(",")[0].replace("LABEL", "hinted").split()
+    assert command[0] == "encfs"
+    child = {**os.environ, "ENCFS_HOME": str(encfs_home), **env}
+    created = subprocess.run([sys.executable, "-m", "encfs.cli", *command[1:]], cwd=tmp_path, env=child,
+                             capture_output=True, timeout=120, check=False)
+    assert created.returncode == 0, created.stderr.decode()
+    assert "pkcs11://encfs/hinted" in created.stdout.decode()
+    assert "never_extractable: True" in created.stdout.decode()  # long field names keep a space
+
+
 def test_worker_recipe_holds_references_only(tmp_path: Path, encfs_home: Path) -> None:
     """What cp --jobs hands a worker: a Location (URL, key URIs, options).
     It pickles without any key material and rebuilds a working filesystem."""

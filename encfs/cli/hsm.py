@@ -148,7 +148,7 @@ def hsm_init(directory: str | None, token: str, module: str | None, key_label: s
         click.echo(f"export {name}={shlex.quote(value)}")
     click.echo(
         f"# SoftHSM2 token {token!r} in {setup.directory}; user PIN in {setup.pin_file} (0600).\n"
-        f"# Use it: encfs keys create --key pkcs11://{token}/LABEL, then key='pkcs11://{token}/LABEL'.\n"
+        f"# Use it: encfs keys create --provider pkcs11 --alias {token}/LABEL, then key='pkcs11://{token}/LABEL'.\n"
         f"# Remove it: rm -rf {shlex.quote(str(setup.directory))}",
         err=True,
     )

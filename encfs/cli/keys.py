@@ -96,7 +96,7 @@ def _info_lines(info: KeyInfo) -> list[str]:
              "deletion_date"}
     for k, v in d.items():
         if k not in shown and v not in (None, "", [], {}):
-            lines.append(f"{k + ':':<18}{v}")
+            lines.append(f"{k + ':':<17} {v}")  # a space even after a long name
     return lines
 
 
