@@ -22,6 +22,7 @@ import dis
 import io
 import os
 import sys
+import threading
 import warnings
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,9 @@ class ObjectReader:
         self._cipher = SegmentCipher(keys.body_key)
         del _dek, keys
         self._cache: OrderedDict[int, bytes] = OrderedDict()
+        # Guards the cache's bookkeeping only (fetching and decrypting stay
+        # concurrent): eviction from several threads at once broke the dict.
+        self._cache_lock = threading.Lock()
         # Sequential readahead (section "Reading" above): a read that starts
         # where the previous one ended fetches up to ``_max_ahead`` more
         # segments in the same request, doubling each time; a random read
@@ -170,10 +174,11 @@ class ObjectReader:
             return []
         # .get, not "in" then [], so a concurrent eviction cannot KeyError.
         out: dict[int, bytes] = {}
-        for i in segs:
-            cached = self._cache.get(i)
-            if cached is not None:
-                out[i] = cached
+        with self._cache_lock:
+            for i in segs:
+                cached = self._cache.get(i)
+                if cached is not None:
+                    out[i] = cached
         missing = [i for i in segs if i not in out]
         if missing:
             lo, hi = missing[0], missing[-1]
@@ -193,12 +198,14 @@ class ObjectReader:
                 out[i] = self._open_segment(i, view[j * stride : (j + 1) * stride])
             # Keep the boundary segments (the next read often starts there),
             # the readahead ones, and the final one.
-            for i in (missing[0], *range(missing[-1], hi + 1), self.nseg - 1):
-                if i in out:
-                    self._remember(i, out[i])
+            with self._cache_lock:
+                for i in (missing[0], *range(missing[-1], hi + 1), self.nseg - 1):
+                    if i in out:
+                        self._remember(i, out[i])
         return [out[i] for i in segs]
 
     def _remember(self, index: int, plain: bytes) -> None:
+        """Cache one segment (the caller holds ``_cache_lock``)."""
         self._cache[index] = plain
         self._cache.move_to_end(index)
         while len(self._cache) > self._cache_limit:

@@ -173,3 +173,41 @@ def test_mv_onto_another_spelling_of_the_same_object_keeps_it(memfs, encfs_home,
     local.pipe_file(f, b"data")
     local.mv(f, str(tmp_path / "d" / "." / "f"))
     assert local.cat_file(f) == b"data"
+
+
+def test_one_reader_shared_by_threads(memfs, encfs_home):
+    """ObjectReader's segment cache (an OrderedDict) was evicted by several
+    threads at once: "OrderedDict mutated during iteration" and KeyError
+    from concurrent reads of one reader (fs.reader() is public)."""
+    import random
+    import sys
+    import threading
+
+    fs = _efs(memfs, encfs_home, segment_size=1024, read_block_size=1024)  # cache of 8 segments: constant eviction
+    data = os.urandom(1024 * 200)
+    fs.pipe_file("/r/o", data)
+    reader = fs.reader("/r/o")
+    errors: list[str] = []
+
+    def work(seed: int) -> None:
+        rnd = random.Random(seed)
+        try:
+            for _ in range(1500):
+                a = rnd.randrange(len(data))
+                b = min(len(data), a + rnd.randrange(1, 4000))
+                if reader.read(a, b) != data[a:b]:
+                    errors.append("wrong plaintext")
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(repr(exc))
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
