@@ -258,7 +258,7 @@ class Keyring:
             raise key_error
         if integrity:
             raise IntegrityError(path)
-        names = ", ".join(f"{w.provider}://{w.key_id} (v{w.version})" for w in header.wrapped_keys)
+        names = ", ".join(f"{w.provider}://{w.key_id}" + (f" (v{w.version})" if w.version else "") for w in header.wrapped_keys)
         raise NoUsableKeyError(
             f"no root key this filesystem may use can unwrap {path or 'the object'}; it is wrapped under: {names}",
             operation="unwrap",

@@ -72,7 +72,7 @@ class RewrapReport:
 
 
 def _entry_name(w: WrappedKey) -> str:
-    return f"{w.provider}://{w.key_id}#v{w.version}"
+    return f"{w.provider}://{w.key_id}" + (f"#v{w.version}" if w.version else "")
 
 
 def _dedup(refs: Iterable[KeyRef]) -> list[KeyRef]:
