@@ -81,6 +81,14 @@ class Report:
         if path:
             Path(path).write_text(json.dumps(self.to_json(), indent=2))
 
+    def finish(self, args: argparse.Namespace) -> int:
+        """Common end of every benchmark's main(): record the mode, print the
+        verdicts, write the JSON if asked; the exit status."""
+        self.params["quick"] = bool(args.quick)
+        self.print_targets()
+        self.save(args.json)
+        return 0
+
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()

@@ -138,10 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     report.params["ciphertext_bytes"] = ct_size
     print(table(["direction", "MiB/s", "RSS before (MiB)", "peak (MiB)", "growth (MiB)"],
                 [[x["direction"], x["MiB/s"], x["RSS before MiB"], x["peak MiB"], x["growth MiB"]] for x in report.rows]))
-    report.params["quick"] = bool(args.quick)
-    report.print_targets()
-    report.save(args.json)
-    return 0
+    return report.finish(args)
 
 
 def argparse_hidden() -> str:

@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  interpreter start-up (encfs --version): {t['encfs --version']:.2f} s; "
           f"speed-up without it: {report.params['speedup_excluding_startup']:.2f}x")
     report.targets.append(Target("encfs cp -r --jobs 2 speed-up over --jobs 1", speedup, ">=", 1.7))
-    report.params["quick"] = bool(args.quick)
-    report.print_targets()
-    report.save(args.json)
-    return 0
+    return report.finish(args)
 
 
 if __name__ == "__main__":

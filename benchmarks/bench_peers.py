@@ -191,10 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                                      rc[fastest_r] / rc[enc_name], ">=", 3.0))
         report.notes.append(f"wall-time ratios to the fastest AWS SDK configuration: write "
                             f"{min(wt[n] for n in sdk) / wt[enc_name]:.2f}x, read {min(rt[n] for n in sdk) / rt[enc_name]:.2f}x")
-    report.params["quick"] = bool(args.quick)
-    report.print_targets()
-    report.save(args.json)
-    return 0
+    return report.finish(args)
 
 
 if __name__ == "__main__":

@@ -160,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if off["GenerateDataKey"] != off["objects"] or off["Decrypt"] != off["objects"]:
         report.notes.append(f"without the cache expected {off['objects']} GenerateDataKey and Decrypt, "
                             f"saw {off['GenerateDataKey']} and {off['Decrypt']}")
-    report.params["quick"] = bool(args.quick)
-    report.print_targets()
-    report.save(args.json)
-    return 0
+    return report.finish(args)
 
 
 if __name__ == "__main__":

@@ -277,10 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             ssize = min(size, 64 * MiB)
             print(f"segment-size sweep: {ssize // MiB} MiB through enc::memory://, {rounds} rounds ...", flush=True)
             sweep(ssize, rounds, ks, report, random_reads=20 if args.quick else 100)
-    report.params["quick"] = bool(args.quick)
-    report.print_targets()
-    report.save(args.json)
-    return 0
+    return report.finish(args)
 
 
 if __name__ == "__main__":

@@ -284,6 +284,15 @@ class DataKeyCache:
                 if ticket[1] == 0 and flights.get(slot) is ticket:
                     del flights[slot]
 
+    def _live(self, slot: tuple[str, bytes], now: float) -> _Entry | None:
+        """The entry in ``slot`` unless missing or expired (an expired one is
+        removed and wiped now).  Caller holds the lock (``_op``)."""
+        entry = self._lru.get(slot)
+        if entry is not None and self._expired(entry, now):
+            self._remove(entry, "expirations")
+            return None
+        return entry
+
     # -- encryption side -----------------------------------------------------------
     def take_encryption_key(self, partition: bytes) -> tuple[bytes, tuple[WrappedKey, ...]] | None:
         """A cached data key for one more object of ``partition``, or None.
@@ -294,11 +303,8 @@ class DataKeyCache:
         lim = self.limits
         slot = ("enc", partition)
         with self._op() as now:
-            entry = self._lru.get(slot)
+            entry = self._live(slot, now)
             if entry is None:
-                return None
-            if self._expired(entry, now):
-                self._remove(entry, "expirations")
                 return None
             if entry.uses >= lim.max_objects or entry.plaintext >= lim.max_bytes:
                 self._remove(entry, "retirements")
@@ -358,11 +364,8 @@ class DataKeyCache:
     def get_decryption_key(self, digest: bytes) -> bytes | None:
         slot = ("dec", digest)
         with self._op() as now:
-            entry = self._lru.get(slot)
+            entry = self._live(slot, now)
             if entry is None:
-                return None
-            if self._expired(entry, now):
-                self._remove(entry, "expirations")
                 return None
             self._counts["decrypt_hits"] += 1
             self._lru.move_to_end(slot)

@@ -9,7 +9,6 @@ skipped, so a provider module that lands later joins automatically.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import threading
@@ -98,10 +97,6 @@ def backend(request, tmp_path, monkeypatch) -> Iterator[Backend]:
     elif request.param == "pkcs11":
         yield _pkcs11(request.getfixturevalue("hsm"))
     else:
-        if importlib.util.find_spec("encfs.providers.aws_kms") is None:
-            pytest.skip("encfs/providers/aws_kms.py is not in this tree")
-        pytest.importorskip("moto")
-        pytest.importorskip("boto3")
         yield from _aws_kms(monkeypatch)
 
 
