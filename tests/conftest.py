@@ -12,7 +12,9 @@ from encfs import EncryptedFileSystem
 # on whether tests/ is a package.
 pytest_plugins = ["tests._servers" if __package__ else "_servers",
                   # SoftHSM2 token fixtures (hsm, hsm_key) for the PKCS#11 tests
-                  "tests._softhsm" if __package__ else "_softhsm"]
+                  "tests._softhsm" if __package__ else "_softhsm",
+                  # a throwaway PostgreSQL server (postgres) for the key server's HA tests
+                  "tests._postgres" if __package__ else "_postgres"]
 
 
 @pytest.fixture(autouse=True)
