@@ -1,0 +1,331 @@
+"""SQLite storage (the embedded default): WAL journal, ``synchronous=FULL``
+so an acknowledged change survives a killed process (and a power cut), and
+versioned migrations recorded in the ``meta`` table.
+
+One connection, used from the event-loop thread only.  Transactions are
+serialised by an asyncio lock; as no statement awaits anything, a
+transaction's body runs without interleaving and readers never see a
+half-applied write.  Another process must not serve the same file: a lock
+file next to the database refuses a second server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from .storage import (
+    AccessKey,
+    AliasRecord,
+    AlreadyExists,
+    GrantRecord,
+    KeyRecord,
+    KeyVersion,
+    Storage,
+    StorageError,
+    Transaction,
+)
+
+#: Migrations, in order: MIGRATIONS[i] takes the schema from version i to i+1.
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE keys (
+            key_id TEXT PRIMARY KEY, arn TEXT NOT NULL, created REAL NOT NULL, policy TEXT NOT NULL,
+            creator TEXT NOT NULL, description TEXT NOT NULL, state TEXT NOT NULL, usage TEXT NOT NULL,
+            spec TEXT NOT NULL, current_version INTEGER NOT NULL, deletion_date REAL,
+            rotation_enabled INTEGER NOT NULL, rotation_period_days INTEGER, next_rotation REAL,
+            tags TEXT NOT NULL)""",
+        """CREATE TABLE key_versions (
+            key_id TEXT NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE, version INTEGER NOT NULL,
+            created REAL NOT NULL, rotation_type TEXT NOT NULL, wrapped BLOB NOT NULL,
+            master_key_id TEXT NOT NULL, PRIMARY KEY (key_id, version))""",
+        """CREATE TABLE aliases (
+            name TEXT PRIMARY KEY, key_id TEXT NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE,
+            created REAL NOT NULL, updated REAL NOT NULL)""",
+        "CREATE INDEX aliases_key ON aliases(key_id)",
+        """CREATE TABLE grants (
+            grant_id TEXT PRIMARY KEY, key_id TEXT NOT NULL REFERENCES keys(key_id) ON DELETE CASCADE,
+            grantee TEXT NOT NULL, retiring TEXT, operations TEXT NOT NULL, constraints TEXT NOT NULL,
+            name TEXT NOT NULL, created REAL NOT NULL, issuing_account TEXT NOT NULL, creator TEXT NOT NULL)""",
+        "CREATE INDEX grants_key_grantee ON grants(key_id, grantee)",
+        """CREATE TABLE access_keys (
+            access_key_id TEXT PRIMARY KEY, principal_arn TEXT NOT NULL, sealed_secret BLOB NOT NULL,
+            master_key_id TEXT NOT NULL, created REAL NOT NULL)""",
+    ],
+]
+
+
+def _key(row: sqlite3.Row) -> KeyRecord:
+    return KeyRecord(
+        key_id=row["key_id"], arn=row["arn"], created=row["created"], policy=row["policy"], creator=row["creator"],
+        description=row["description"], state=row["state"], usage=row["usage"], spec=row["spec"],
+        current_version=row["current_version"], deletion_date=row["deletion_date"],
+        rotation_enabled=bool(row["rotation_enabled"]), rotation_period_days=row["rotation_period_days"],
+        next_rotation=row["next_rotation"], tags=json.loads(row["tags"]),
+    )
+
+
+def _key_values(r: KeyRecord) -> tuple[Any, ...]:
+    return (r.arn, r.created, r.policy, r.creator, r.description, r.state, r.usage, r.spec, r.current_version,
+            r.deletion_date, int(r.rotation_enabled), r.rotation_period_days, r.next_rotation,
+            json.dumps(r.tags, sort_keys=True), r.key_id)
+
+
+def _version(row: sqlite3.Row) -> KeyVersion:
+    return KeyVersion(key_id=row["key_id"], version=row["version"], created=row["created"],
+                      rotation_type=row["rotation_type"], wrapped=bytes(row["wrapped"]),
+                      master_key_id=row["master_key_id"])
+
+
+def _grant(row: sqlite3.Row) -> GrantRecord:
+    return GrantRecord(
+        grant_id=row["grant_id"], key_id=row["key_id"], grantee=row["grantee"], retiring=row["retiring"],
+        operations=json.loads(row["operations"]), constraints=json.loads(row["constraints"]), name=row["name"],
+        created=row["created"], issuing_account=row["issuing_account"], creator=row["creator"],
+    )
+
+
+def _alias(row: sqlite3.Row) -> AliasRecord:
+    return AliasRecord(name=row["name"], key_id=row["key_id"], created=row["created"], updated=row["updated"])
+
+
+class _Tx(Transaction):
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
+        return self.db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple[Any, ...]) -> list[sqlite3.Row]:
+        return self.db.execute(sql, args).fetchall()
+
+    # keys
+    async def get_key(self, key_id: str, *, for_update: bool = False) -> KeyRecord | None:
+        row = self._one("SELECT * FROM keys WHERE key_id = ?", (key_id,))
+        return _key(row) if row else None
+
+    async def insert_key(self, rec: KeyRecord) -> None:
+        try:
+            self.db.execute(
+                "INSERT INTO keys (arn, created, policy, creator, description, state, usage, spec, current_version,"
+                " deletion_date, rotation_enabled, rotation_period_days, next_rotation, tags, key_id)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", _key_values(rec))
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"key {rec.key_id} exists") from exc
+
+    async def update_key(self, rec: KeyRecord) -> None:
+        self.db.execute(
+            "UPDATE keys SET arn=?, created=?, policy=?, creator=?, description=?, state=?, usage=?, spec=?,"
+            " current_version=?, deletion_date=?, rotation_enabled=?, rotation_period_days=?, next_rotation=?,"
+            " tags=? WHERE key_id=?", _key_values(rec))
+
+    async def list_keys(self, after: str | None, limit: int) -> list[KeyRecord]:
+        rows = self._all("SELECT * FROM keys WHERE key_id > ? ORDER BY key_id LIMIT ?", (after or "", limit))
+        return [_key(r) for r in rows]
+
+    async def due_keys(self, now: float) -> list[str]:
+        rows = self._all(
+            "SELECT key_id FROM keys WHERE (state = 'PendingDeletion' AND deletion_date <= ?)"
+            " OR (rotation_enabled = 1 AND state = 'Enabled' AND next_rotation <= ?) ORDER BY key_id", (now, now))
+        return [r["key_id"] for r in rows]
+
+    async def destroy_key(self, key_id: str) -> None:
+        # Explicit deletes (not only ON DELETE CASCADE): the material must go
+        # even where foreign keys are off.
+        for table in ("key_versions", "aliases", "grants", "keys"):
+            self.db.execute(f"DELETE FROM {table} WHERE key_id = ?", (key_id,))
+
+    # versions
+    async def get_version(self, key_id: str, version: int) -> KeyVersion | None:
+        row = self._one("SELECT * FROM key_versions WHERE key_id = ? AND version = ?", (key_id, version))
+        return _version(row) if row else None
+
+    async def list_versions(self, key_id: str) -> list[KeyVersion]:
+        return [_version(r) for r in self._all("SELECT * FROM key_versions WHERE key_id = ? ORDER BY version",
+                                               (key_id,))]
+
+    async def insert_version(self, ver: KeyVersion) -> None:
+        try:
+            self.db.execute("INSERT INTO key_versions VALUES (?,?,?,?,?,?)",
+                            (ver.key_id, ver.version, ver.created, ver.rotation_type, ver.wrapped, ver.master_key_id))
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"key {ver.key_id} version {ver.version} exists") from exc
+
+    async def update_version_wrapping(self, ver: KeyVersion) -> None:
+        self.db.execute("UPDATE key_versions SET wrapped = ?, master_key_id = ? WHERE key_id = ? AND version = ?",
+                        (ver.wrapped, ver.master_key_id, ver.key_id, ver.version))
+
+    # aliases
+    async def get_alias(self, name: str) -> AliasRecord | None:
+        row = self._one("SELECT * FROM aliases WHERE name = ?", (name,))
+        return _alias(row) if row else None
+
+    async def insert_alias(self, rec: AliasRecord) -> None:
+        try:
+            self.db.execute("INSERT INTO aliases VALUES (?,?,?,?)", (rec.name, rec.key_id, rec.created, rec.updated))
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"alias {rec.name} exists") from exc
+
+    async def update_alias(self, rec: AliasRecord) -> None:
+        self.db.execute("UPDATE aliases SET key_id = ?, updated = ? WHERE name = ?", (rec.key_id, rec.updated, rec.name))
+
+    async def delete_alias(self, name: str) -> None:
+        self.db.execute("DELETE FROM aliases WHERE name = ?", (name,))
+
+    async def list_aliases(self, key_id: str | None, after: str | None, limit: int) -> list[AliasRecord]:
+        if key_id is None:
+            rows = self._all("SELECT * FROM aliases WHERE name > ? ORDER BY name LIMIT ?", (after or "", limit))
+        else:
+            rows = self._all("SELECT * FROM aliases WHERE key_id = ? AND name > ? ORDER BY name LIMIT ?",
+                             (key_id, after or "", limit))
+        return [_alias(r) for r in rows]
+
+    # grants
+    async def insert_grant(self, rec: GrantRecord) -> None:
+        try:
+            self.db.execute(
+                "INSERT INTO grants (grant_id, key_id, grantee, retiring, operations, constraints, name, created,"
+                " issuing_account, creator) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (rec.grant_id, rec.key_id, rec.grantee, rec.retiring, json.dumps(rec.operations),
+                 json.dumps(rec.constraints, sort_keys=True), rec.name, rec.created, rec.issuing_account, rec.creator))
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"grant {rec.grant_id} exists") from exc
+
+    async def get_grant(self, grant_id: str) -> GrantRecord | None:
+        row = self._one("SELECT * FROM grants WHERE grant_id = ?", (grant_id,))
+        return _grant(row) if row else None
+
+    async def list_grants(self, key_id: str, after: str | None, limit: int) -> list[GrantRecord]:
+        rows = self._all("SELECT * FROM grants WHERE key_id = ? AND grant_id > ? ORDER BY grant_id LIMIT ?",
+                         (key_id, after or "", limit))
+        return [_grant(r) for r in rows]
+
+    async def grants_for(self, key_id: str, grantee: str) -> list[GrantRecord]:
+        rows = self._all("SELECT * FROM grants WHERE key_id = ? AND grantee = ?", (key_id, grantee))
+        return [_grant(r) for r in rows]
+
+    async def delete_grant(self, grant_id: str) -> None:
+        self.db.execute("DELETE FROM grants WHERE grant_id = ?", (grant_id,))
+
+    # principals
+    async def get_access_key(self, access_key_id: str) -> AccessKey | None:
+        row = self._one("SELECT * FROM access_keys WHERE access_key_id = ?", (access_key_id,))
+        if row is None:
+            return None
+        return AccessKey(access_key_id=row["access_key_id"], principal_arn=row["principal_arn"],
+                         sealed_secret=bytes(row["sealed_secret"]), master_key_id=row["master_key_id"],
+                         created=row["created"])
+
+    async def put_access_key(self, rec: AccessKey) -> None:
+        self.db.execute("INSERT OR REPLACE INTO access_keys VALUES (?,?,?,?,?)",
+                        (rec.access_key_id, rec.principal_arn, rec.sealed_secret, rec.master_key_id, rec.created))
+
+    async def list_access_keys(self) -> list[AccessKey]:
+        return [AccessKey(access_key_id=r["access_key_id"], principal_arn=r["principal_arn"],
+                          sealed_secret=bytes(r["sealed_secret"]), master_key_id=r["master_key_id"],
+                          created=r["created"])
+                for r in self._all("SELECT * FROM access_keys ORDER BY access_key_id", ())]
+
+    async def delete_access_key(self, access_key_id: str) -> None:
+        self.db.execute("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,))
+
+    # meta
+    async def get_meta(self, name: str) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE name = ?", (name,))
+        return row["value"] if row else None
+
+    async def set_meta(self, name: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
+
+class SQLiteStorage(Storage):
+    """SQLite in WAL mode at ``path`` (created with mode 0600)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._db: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._lockfd: int | None = None
+
+    def __repr__(self) -> str:
+        return f"SQLiteStorage({str(self.path)!r})"
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StorageError(f"{self.path} is in use by another server process") from None
+        self._lockfd = fd
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: the WAL is fsynced at every commit, so an acknowledged change
+        # survives a crash of the process or the machine.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        db.execute("PRAGMA busy_timeout=5000")
+        self._db = db
+        self._migrate()
+
+    def _migrate(self) -> None:
+        assert self._db is not None
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+            current = int(row["value"]) if row else 0
+            if current > len(MIGRATIONS):
+                raise StorageError(f"{self.path} has schema version {current}; this encfs knows up to "
+                                   f"{len(MIGRATIONS)} (upgrade encfs)")
+            for version in range(current, len(MIGRATIONS)):
+                for statement in MIGRATIONS[version]:
+                    db.execute(statement)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version + 1),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+            if self._lockfd is not None:
+                os.close(self._lockfd)
+                self._lockfd = None
+
+    @asynccontextmanager
+    async def transaction(self, *, write: bool = False) -> AsyncIterator[Transaction]:
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise StorageError("storage is closed")
+            try:
+                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            except sqlite3.Error as exc:
+                raise StorageError(f"storage unavailable: {exc}") from exc
+            try:
+                yield _Tx(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK")
+                raise StorageError(f"commit failed: {exc}") from exc
