@@ -22,8 +22,11 @@ from .errors import (
     NoUsableKeyError,
     UnsupportedVersionError,
 )
+from .forms import register as _register_forms
 from .fs import EncryptedFileSystem
 from .keystore import LocalKeystore
+
+_register_forms()  # enc+s3://, enc+file://, ... (also entry points once installed)
 
 __version__ = "0.1.0"
 

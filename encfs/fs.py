@@ -40,6 +40,9 @@ from .format.context import RESERVED_PREFIX, encode_context
 from .format.layout import DEFAULT_SEGMENT
 from .keyring import Keyring
 from .sinks import TEMP_MARK, Sink, open_sink
+from .urls import PREFIX as FORM_PREFIX
+from .urls import TARGETS as FORM_TARGETS
+from .urls import form_protocol, to_form
 
 #: Bytes of body copied per request when re-binding an object (cp/mv).
 COPY_CHUNK = 8 * 1024 * 1024
@@ -168,6 +171,11 @@ class EncryptedFileSystem(ChainedFileSystem):
         elif target_protocol is not None:
             raise ConfigurationError("give either fs= or target_protocol=, not both")
         self.fs = fs
+        # Per instance (fsspec allows it): the ``enc+<target>`` forms of this
+        # target too, because DuckDB routes only paths that start with a
+        # protocol the filesystem declares, and unstrip_protocol returns
+        # that form (encfs/urls.py).
+        self.protocol = self._declared_protocols(fs)
         self.segment_size = check_segment_size(segment_size)
         if read_block_size is None:
             # Sequential readahead window (file.py).  Local and in-memory
@@ -203,7 +211,16 @@ class EncryptedFileSystem(ChainedFileSystem):
 
     # -- paths -----------------------------------------------------------------
     @classmethod
+    def _declared_protocols(cls, fs: Any) -> tuple[str, ...]:
+        own = (cls.protocol,) if isinstance(cls.protocol, str) else tuple(cls.protocol)
+        theirs = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        forms = [form_protocol(p) for p in theirs if p in FORM_TARGETS]
+        return tuple(dict.fromkeys([*own, *forms]))
+
+    @classmethod
     def _strip_protocol(cls, path: Any) -> Any:
+        """``enc::<url>``, ``enc+<scheme>://<rest>`` → the target URL
+        (``<url>``, ``<scheme>://<rest>``); ``enc://<path>`` → ``<path>``."""
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
         path = str(path)
@@ -211,6 +228,8 @@ class EncryptedFileSystem(ChainedFileSystem):
             path = path[len("enc::") :]
         elif path.startswith("enc://"):
             path = path[len("enc://") :]
+        elif path.startswith(FORM_PREFIX) and "://" in path:
+            path = path[len(FORM_PREFIX) :]
         return path
 
     def _target_path(self, path: str) -> str:
@@ -227,11 +246,14 @@ class EncryptedFileSystem(ChainedFileSystem):
         return mapped
 
     def unstrip_protocol(self, name: str) -> str:
-        # A full URL must name the target too, or reopening it (as dask does
-        # from ``fs.unstrip_protocol(path)``) would land on the default target.
-        if name.startswith(f"{self.protocol}::"):
+        # A full URL must name the target too, or reopening it (fsspec's
+        # OpenFile.full_name, DuckDB's glob results) would land on the
+        # default target.  The single-scheme form where the target has one
+        # (DuckDB routes by scheme), else the chained form.
+        if name.startswith("enc::") or any(name.startswith(f"{p}://") for p in self.protocol if p != "enc"):
             return name
-        return f"{self.protocol}::{self.fs.unstrip_protocol(name)}"
+        url = self.fs.unstrip_protocol(name)
+        return to_form(url) or f"enc::{url}"
 
     def _bound_path(self, path: str) -> str:
         """The path bound into headers: the target's canonical path.

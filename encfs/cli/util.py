@@ -1,8 +1,8 @@
 """Shared helpers of the file commands: from a path argument to a filesystem.
 
 The rule every command follows: a plain path or URL (``./data``,
-``s3://bucket/key``) names plaintext, ``enc::<url>`` names encrypted objects
-stored at ``<url>``.  Commands that only make sense on encrypted objects
+``s3://bucket/key``) names plaintext, ``enc::<url>`` (or ``enc+<scheme>://...``
+for ``<scheme>://...``) names encrypted objects stored at ``<url>``.  Commands that only make sense on encrypted objects
 (``cat``, ``ls``, ``info``, ``verify``) treat a plain path as ``enc::<path>``.
 
 A :class:`Location` is the picklable recipe for a filesystem: the URL plus
@@ -24,6 +24,7 @@ from fsspec import AbstractFileSystem
 from fsspec.core import url_to_fs
 
 from ..errors import ConfigurationError
+from ..urls import target_url
 
 ENC_PREFIX = "enc::"
 #: Key-service schemes whose ``-o SCHEME.NAME=VALUE`` options become the enc
@@ -38,7 +39,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def is_encrypted_url(url: str) -> bool:
-    return url.startswith(ENC_PREFIX)
+    """``enc::<url>`` or the single-scheme ``enc+<scheme>://...`` (encfs/urls.py)."""
+    return url.startswith(ENC_PREFIX) or target_url(url) is not None
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -87,7 +89,7 @@ class Location:
         if not self.encrypted:
             proto = self.url.split("://", 1)[0] if "://" in self.url else "file"
             return url_to_fs(self.url, **self.options.get(proto, {}))
-        inner = self.url[len(ENC_PREFIX) :] if is_encrypted_url(self.url) else self.url
+        inner = target_url(self.url) or (self.url[len(ENC_PREFIX) :] if is_encrypted_url(self.url) else self.url)
         if "://" not in inner:
             # A bare path: fsspec would read a single word in a chain
             # ("enc::data") as a protocol name, so make it an explicit URL.
