@@ -21,7 +21,7 @@ from ..errors import EncfsError, NoUsableKeyError
 
 #: Modules that add commands to ``cli``; a missing one is skipped so that a
 #: partially installed tree still runs.
-COMMAND_MODULES = ("files", "demo", "keys", "audit", "rewrap", "hsm", "stats")
+COMMAND_MODULES = ("files", "demo", "keys", "audit", "rewrap", "hsm", "stats", "server")
 
 
 class _BrokenPipe(Exception):

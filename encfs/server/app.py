@@ -1,0 +1,337 @@
+"""The HTTP server (aiohttp): one POST endpoint speaking KMS, ``GET /health``.
+
+Per request: read the body (at most ``max_body_bytes``; beyond that, 413),
+authenticate (SigV4, sigv4.py), parse and validate (protocol.py), run the
+operation (service.py), write its audit record (audit.py, grouped fsyncs)
+and only then answer.  More than ``max_inflight`` concurrent requests get
+ThrottlingException, which AWS SDKs retry with backoff.  SIGTERM/SIGINT stop
+accepting connections, let running requests finish (``shutdown_timeout``),
+flush the audit trail and close storage.
+
+Logs are JSON lines on stderr (startup, shutdown, internal errors and, with
+``log_requests``, one line per request): never a secret, a key, a plaintext
+or an encryption-context value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import ssl
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ConfigurationError
+from .audit import AuditSink, FileAuditSink, GroupCommitter, now_iso
+from .config import Principal, ServerConfig
+from .masterkey import LocalKeystoreMasterKey, MasterKey, MasterKeyError, secret_aad
+from .protocol import CONTENT_TYPE, TARGET_PREFIX, KMSError, encode_output, parse_input
+from .service import Call, Caller, Service
+from .sigv4 import Verifier
+from .sqlite import SQLiteStorage
+from .storage import AccessKey, Storage
+
+log = logging.getLogger("encfs.server")
+_DENIED = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
+           "IncompleteSignatureException", "MissingAuthenticationTokenException", "NotAuthorizedException"}
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": now_iso(), "level": record.levelname.lower(), "event": record.getMessage()}
+        out.update(getattr(record, "fields", {}))
+        return json.dumps(out, sort_keys=True)
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    if any(isinstance(h.formatter, _JsonFormatter) for h in log.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter())
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False
+
+
+def _event(level: int, event: str, **fields: Any) -> None:
+    log.log(level, event, extra={"fields": fields})
+
+
+def open_storage(cfg: ServerConfig) -> Storage:
+    kind = cfg.storage.get("type", "sqlite")
+    if kind == "sqlite":
+        return SQLiteStorage(cfg.storage["path"])
+    raise ConfigurationError(f"storage: unknown type {kind!r} (this build has: sqlite)")
+
+
+def open_master_key(cfg: ServerConfig, *, create: bool) -> MasterKey:
+    kind = cfg.master_key.get("type", "local")
+    if kind == "local":
+        return LocalKeystoreMasterKey(cfg.master_key.get("keystore"), cfg.master_key.get("alias",
+                                      "encfs-server/master"), create=create or bool(cfg.master_key.get("create")))
+    raise ConfigurationError(f"master_key: unknown type {kind!r} (this build has: local)")
+
+
+class KeyServer:
+    """One server process: storage, master key, audit, HTTP."""
+
+    def __init__(self, cfg: ServerConfig, *, storage: Storage | None = None, master: MasterKey | None = None,
+                 sink: AuditSink | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.storage = storage or open_storage(cfg)
+        self._master = master
+        self.sink = sink or FileAuditSink(cfg.audit_path or cfg.data_dir / "audit.log")
+        self.audit = GroupCommitter(self.sink)
+        self.clock = clock
+        self.verifier = Verifier(cfg.region, skew=cfg.clock_skew_seconds, clock=clock)
+        self.principals: dict[str, Principal] = {}
+        self.service: Service | None = None
+        self.inflight = 0
+        self._runner: web.AppRunner | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.port = cfg.port
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
+        return f"{'https' if self.cfg.tls else 'http'}://{host}:{self.port}"
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.storage.open()
+        async with self.storage.transaction() as tx:
+            known_master = await tx.get_meta("master_key_id")
+        master = self._master or open_master_key(self.cfg, create=known_master is None)
+        if known_master is not None and known_master != master.key_id:
+            raise ConfigurationError(f"master_key: storage was written under {known_master}, not {master.key_id}")
+        self.master = master
+        self.service = Service(self.storage, master, region=self.cfg.region, account=self.cfg.account,
+                               min_deletion_days=self.cfg.min_deletion_days, clock=self.clock)
+        await self._sync_principals(known_master is None)
+        app = web.Application(client_max_size=self.cfg.max_body_bytes)
+        app.router.add_get("/health", self._health)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                     shutdown_timeout=self.cfg.shutdown_timeout)
+        await self._runner.setup()
+        ctx = None
+        if self.cfg.tls:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
+        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, ssl_context=ctx, backlog=1024,
+                           reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        _event(logging.INFO, "started", endpoint=self.endpoint, storage=repr(self.storage), master_key=master.key_id,
+               audit=repr(self.sink), principals=len(self.principals))
+
+    async def _sync_principals(self, first_start: bool) -> None:
+        """Seal the configured secrets into storage; forget the clear copies."""
+        async with self.storage.transaction(write=True) as tx:
+            if first_start:
+                await tx.set_meta("master_key_id", self.master.key_id)
+            wanted = {p.access_key_id for p in self.cfg.principals}
+            for ak in await tx.list_access_keys():
+                if ak.access_key_id not in wanted:
+                    await tx.delete_access_key(ak.access_key_id)  # removed from the config: revoked
+            for p in self.cfg.principals:
+                sealed = self.master.wrap(p.secret.encode(), secret_aad(p.access_key_id))
+                await tx.put_access_key(AccessKey(p.access_key_id, p.arn, sealed, self.master.key_id, self.clock()))
+                self.principals[p.access_key_id] = Principal(p.name, p.arn, p.access_key_id, "", p.account_actions)
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._runner is not None:
+            await self._runner.cleanup()  # stops listening, lets running requests finish
+        await self.audit.flush()
+        await self.sink.close()
+        await self.storage.close()
+        _event(logging.INFO, "stopped", endpoint=self.endpoint)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.sweep_seconds)
+            try:
+                await self.sweep()
+            except Exception as exc:  # noqa: BLE001 - retried at the next sweep
+                _event(logging.ERROR, "sweep failed", error=type(exc).__name__)
+
+    async def sweep(self, now: float | None = None) -> list[tuple[str, str]]:
+        """Run due deletions and rotations, each audited."""
+        assert self.service is not None
+        done = await self.service.run_due(now)
+        for action, arn in done:
+            await self.audit.submit({"time": now_iso(), "principal": "encfs-server", "action": action,
+                                     "key": f"aws-kms://{arn}", "outcome": "success", "automatic": True})
+        return done
+
+    # -- requests -----------------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        try:
+            await self.storage.schema_version()
+        except Exception:  # noqa: BLE001 - reported, not raised
+            return web.json_response({"status": "unavailable"}, status=503)
+        return web.json_response({"status": "ok", "inflight": self.inflight, "audit_backlog": self.audit.backlog})
+
+    async def _authenticate(self, request: web.Request, body: bytes) -> Caller:
+        claims = self.verifier.parse(request.headers)
+        self.verifier.check_claims(claims)
+        if "x-amz-target" not in claims.signed_headers:
+            raise KMSError("InvalidSignatureException", "the x-amz-target header must be signed")
+        principal = self.principals.get(claims.access_key_id)
+        async with self.storage.transaction() as tx:
+            ak = await tx.get_access_key(claims.access_key_id)
+        if principal is None or ak is None:
+            raise KMSError("UnrecognizedClientException", "The security token included in the request is invalid.")
+        try:
+            secret = self.master.unwrap(ak.sealed_secret, secret_aad(ak.access_key_id)).decode()
+        except MasterKeyError:
+            raise KMSError("KMSInternalException", "a stored secret could not be unsealed") from None
+        self.verifier.verify(claims, secret, method=request.method, host=request.headers.get("Host", ""),
+                             path_qs=request.raw_path, headers=request.headers, body=body)
+        return Caller(arn=ak.principal_arn, access_key_id=ak.access_key_id,
+                      account_actions=principal.account_actions)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        rid = str(uuid.uuid4())
+        started = time.perf_counter()
+        target = request.headers.get("X-Amz-Target", "")
+        operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target or "-"
+        call: Call | None = None
+        record: dict[str, Any] = {"time": now_iso(), "principal": "-", "action": operation, "request_id": rid,
+                                  "source": request.remote}
+        self.inflight += 1
+        try:
+            if self.inflight > self.cfg.max_inflight or self.audit.backlog > 8 * self.cfg.max_inflight:
+                raise KMSError("ThrottlingException", "Rate exceeded")
+            if request.method != "POST" or request.path != "/":
+                raise KMSError("UnknownOperationException", "send KMS requests as POST /", 404)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise KMSError("ValidationException", f"request body larger than {self.cfg.max_body_bytes} bytes",
+                               413) from None
+            caller = await self._authenticate(request, body)
+            record["principal"], record["access_key"] = caller.arn, caller.access_key_id
+            if not target.startswith(TARGET_PREFIX):
+                raise KMSError("UnknownOperationException", "X-Amz-Target must be TrentService.<Operation>")
+            call = Call(operation=operation, params=parse_input(operation, body), caller=caller)
+            assert self.service is not None
+            result = await self.service.handle(call)
+            status, payload = 200, encode_output(result)
+            record.update(outcome="success", error=None)
+        except KMSError as exc:
+            status, payload = exc.status, exc.body()
+            record.update(outcome="denied" if exc.code in _DENIED else "failure", error=exc.code)
+        except Exception as exc:  # noqa: BLE001 - never a traceback (or a secret) to the client
+            _event(logging.ERROR, "internal error", request_id=rid, operation=operation, error=type(exc).__name__)
+            err = KMSError("KMSInternalException", "internal error", 500)
+            status, payload = err.status, err.body()
+            record.update(outcome="failure", error=err.code)
+        finally:
+            self.inflight -= 1
+        if call is not None:
+            if call.key_arn:
+                record["key"] = f"aws-kms://{call.key_arn}"
+            if call.version is not None:
+                record["version"] = str(call.version)
+            if call.context_keys:
+                record["context_keys"] = call.context_keys
+            if call.grant_id:
+                record["grant"] = call.grant_id
+            record.update({k: v for k, v in call.details.items() if v is not None})
+        try:
+            await self.audit.submit(record)
+        except Exception as exc:  # noqa: BLE001 - fail closed: no answer without its audit record
+            _event(logging.ERROR, "audit write failed", request_id=rid, error=type(exc).__name__)
+            err = KMSError("KMSInternalException", "the request could not be audited", 500)
+            status, payload = err.status, err.body()
+        if self.cfg.log_requests:
+            _event(logging.INFO, "request", request_id=rid, operation=operation, principal=record["principal"],
+                   outcome=record.get("outcome"), error=record.get("error"), status=status,
+                   ms=round((time.perf_counter() - started) * 1000, 3))
+        return web.Response(body=payload, status=status, content_type=CONTENT_TYPE,
+                            headers={"x-amzn-RequestId": rid})
+
+
+async def serve(cfg: ServerConfig, *, on_ready: Callable[[KeyServer], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    server = KeyServer(cfg)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if on_ready is not None:
+            on_ready(server)
+        await stop.wait()
+    finally:
+        _event(logging.INFO, "stopping", endpoint=server.endpoint)
+        await server.stop()
+
+
+class ServerThread:
+    """A server on its own event loop in a background thread (tests, notebooks)."""
+
+    def __init__(self, cfg: ServerConfig, **kwargs: Any) -> None:
+        self.cfg = cfg
+        self.kwargs = kwargs
+        self.server: KeyServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ServerThread:
+        ready: Future[None] = Future()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self.server = KeyServer(self.cfg, **self.kwargs)
+                loop.run_until_complete(self.server.start())
+            except BaseException as exc:  # noqa: BLE001 - handed to the starting thread
+                ready.set_exception(exc)
+                return
+            ready.set_result(None)
+            loop.run_forever()
+            loop.run_until_complete(self.server.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="encfs-key-server", daemon=True)
+        self._thread.start()
+        ready.result(timeout=60)
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        assert self.server is not None
+        return self.server.endpoint
+
+    def call(self, coro: Any) -> Any:
+        """Run a coroutine on the server's loop (e.g. ``server.sweep(now)``)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+        self._loop = self._thread = None

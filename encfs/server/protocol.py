@@ -1,0 +1,168 @@
+"""The AWS KMS JSON 1.1 wire format, checked against botocore's own model.
+
+Requests are ``POST /`` with ``X-Amz-Target: TrentService.<Operation>`` and a
+JSON body.  :func:`parse_input` validates the body against the operation's
+input shape in botocore's KMS model (required members, types, lengths,
+ranges, enums) and decodes blobs from base64, so the handlers receive clean
+values.  Errors are HTTP 400 ``{"__type": code, "message": text}``; botocore
+maps ``__type`` to ``error.response["Error"]["Code"]``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+from typing import Any
+
+TARGET_PREFIX = "TrentService."
+CONTENT_TYPE = "application/x-amz-json-1.1"
+
+
+class KMSError(Exception):
+    """A KMS error response.  ``message`` never holds key material or secrets."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+    def body(self) -> bytes:
+        return json.dumps({"__type": self.code, "message": self.message}).encode()
+
+
+def validation(message: str) -> KMSError:
+    return KMSError("ValidationException", message)
+
+
+@functools.lru_cache(maxsize=1)
+def service_model() -> Any:
+    import botocore.session
+
+    return botocore.session.get_session().get_service_model("kms")
+
+
+@functools.lru_cache(maxsize=128)
+def operation_model(name: str) -> Any:
+    try:
+        return service_model().operation_model(name)
+    except Exception:  # noqa: BLE001 - botocore's OperationNotFoundError and friends
+        return None
+
+
+def parse_input(operation: str, body: bytes) -> dict[str, Any]:
+    """The request body of ``operation`` as validated Python values."""
+    op = operation_model(operation)
+    if op is None:
+        raise KMSError("UnknownOperationException", f"unknown operation {operation}")
+    try:
+        data = json.loads(body.decode("utf-8")) if body.strip() else {}
+    except (UnicodeDecodeError, ValueError):
+        raise KMSError("SerializationException", "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise KMSError("SerializationException", "the request body must be a JSON object")
+    shape = op.input_shape
+    if shape is None:
+        return {}
+    errors: list[str] = []
+    out = _structure(shape, data, "", errors)
+    if errors:
+        n = len(errors)
+        raise validation(f"{n} validation error{'s' if n > 1 else ''} detected: " + "; ".join(errors[:5]))
+    return out
+
+
+def _lower_first(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def _structure(shape: Any, data: dict[str, Any], where: str, errors: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in shape.required_members:
+        if data.get(name) is None:
+            errors.append(f"Value null at '{where}{_lower_first(name)}' failed to satisfy constraint: "
+                          "Member must not be null")
+    for name, value in data.items():
+        member = shape.members.get(name)
+        if member is None or value is None:
+            continue  # unknown members are ignored, as KMS does
+        out[name] = _value(member, value, f"{where}{_lower_first(name)}", errors)
+    return out
+
+
+def _value(shape: Any, value: Any, where: str, errors: list[str]) -> Any:
+    kind = shape.type_name
+    meta = shape.metadata
+    if kind == "structure":
+        if not isinstance(value, dict):
+            errors.append(f"Value at '{where}' must be an object")
+            return {}
+        return _structure(shape, value, where + ".", errors)
+    if kind == "list":
+        if not isinstance(value, list):
+            errors.append(f"Value at '{where}' must be a list")
+            return []
+        _length(meta, len(value), where, errors)
+        return [_value(shape.member, v, f"{where}.{i + 1}.member", errors) for i, v in enumerate(value)]
+    if kind == "map":
+        if not isinstance(value, dict):
+            errors.append(f"Value at '{where}' must be a map")
+            return {}
+        _length(meta, len(value), where, errors)
+        return {_value(shape.key, k, where, errors): _value(shape.value, v, where, errors) for k, v in value.items()}
+    if kind == "string":
+        if not isinstance(value, str):
+            errors.append(f"Value at '{where}' must be a string")
+            return ""
+        _length(meta, len(value), where, errors)
+        if shape.enum and value not in shape.enum:
+            errors.append(f"Value '{value}' at '{where}' failed to satisfy constraint: Member must satisfy enum "
+                          f"value set: [{', '.join(shape.enum)}]")
+        return value
+    if kind == "blob":
+        if not isinstance(value, str):
+            errors.append(f"Value at '{where}' must be base64 text")
+            return b""
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            errors.append(f"Value at '{where}' is not valid base64")
+            return b""
+        _length(meta, len(raw), where, errors)
+        return raw
+    if kind in ("integer", "long"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(f"Value at '{where}' must be an integer")
+            return 0
+        if "min" in meta and value < meta["min"]:
+            errors.append(f"Value '{value}' at '{where}' failed to satisfy constraint: Member must have value "
+                          f"greater than or equal to {meta['min']}")
+        if "max" in meta and value > meta["max"]:
+            errors.append(f"Value '{value}' at '{where}' failed to satisfy constraint: Member must have value "
+                          f"less than or equal to {meta['max']}")
+        return value
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            errors.append(f"Value at '{where}' must be a boolean")
+            return False
+        return value
+    return value  # timestamps and doubles: not in any request we serve
+
+
+def _length(meta: dict[str, Any], n: int, where: str, errors: list[str]) -> None:
+    if "min" in meta and n < meta["min"]:
+        errors.append(f"Value at '{where}' failed to satisfy constraint: Member must have length greater than or "
+                      f"equal to {meta['min']}")
+    if "max" in meta and n > meta["max"]:
+        errors.append(f"Value at '{where}' failed to satisfy constraint: Member must have length less than or "
+                      f"equal to {meta['max']}")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def encode_output(result: dict[str, Any]) -> bytes:
+    return json.dumps(result, separators=(",", ":")).encode()
