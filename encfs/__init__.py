@@ -10,6 +10,7 @@ from __future__ import annotations
 from .errors import (
     AccessDeniedError,
     ConfigurationError,
+    ContextMismatchError,
     EncfsError,
     FormatError,
     HeaderTooLargeError,
@@ -19,7 +20,9 @@ from .errors import (
     KeyStateError,
     KeystoreError,
     KeyUnavailableError,
+    NotRegularFileError,
     NoUsableKeyError,
+    UnsafePathError,
     UnsupportedVersionError,
 )
 from .forms import register as _register_forms
@@ -46,5 +49,8 @@ __all__ = [
     "NoUsableKeyError",
     "ConfigurationError",
     "KeystoreError",
+    "UnsafePathError",
+    "ContextMismatchError",
+    "NotRegularFileError",
     "__version__",
 ]

@@ -80,6 +80,28 @@ class ConfigurationError(EncfsError):
     """Invalid option, unknown key URI scheme, missing optional dependency."""
 
 
+class UnsafePathError(EncfsError):
+    """A copy, get or put would write outside its destination: the source
+    key holds ``..``, an absolute path, a drive letter, a backslash or an
+    empty component (docs/SECURITY.md)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"refusing to copy {key!r}: {reason} (it would land outside the destination)")
+
+
+class ContextMismatchError(EncfsError):
+    """An object's encryption context lacks or differs in a pair the
+    filesystem was configured with (``context=``): it was written for
+    another tenant or purpose, so it is not read (docs/SECURITY.md)."""
+
+
+class NotRegularFileError(EncfsError):
+    """A local path names a FIFO, socket, device or other non-regular file,
+    which encfs never opens (reading one could block forever)."""
+
+
 class KeystoreError(EncfsError):
     """The local keystore is unreadable, corrupted or locked by a passphrase."""
 
@@ -98,4 +120,7 @@ __all__ = [
     "NoUsableKeyError",
     "ConfigurationError",
     "KeystoreError",
+    "UnsafePathError",
+    "ContextMismatchError",
+    "NotRegularFileError",
 ]

@@ -123,6 +123,7 @@ class ObjectReader:
         header.verify(keys, path)
         if efs.bind_path and header.context.get(PATH_KEY) != efs._bound_path(path):
             raise IntegrityError(path)
+        efs._check_context(header, path)  # authenticated by now: a mismatch is real, not tampering
         size = plaintext_size(self.ct_size, header.segment_size, header.header_region)
         if size is None:
             raise IntegrityError(path)

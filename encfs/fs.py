@@ -14,8 +14,9 @@ to workers in clear.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
-import posixpath
+import stat
 import tempfile
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +28,13 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.utils import isfilelike
 
-from .errors import ConfigurationError, IntegrityError
+from .errors import (
+    ConfigurationError,
+    ContextMismatchError,
+    IntegrityError,
+    NotRegularFileError,
+    UnsafePathError,
+)
 from .file import EncryptedReadFile, EncryptedWriteFile, ObjectReader, read_header
 from .format import (
     HEADER_REGION,
@@ -39,6 +46,7 @@ from .format import (
 from .format.context import RESERVED_PREFIX, encode_context
 from .format.layout import DEFAULT_SEGMENT
 from .keyring import Keyring
+from .paths import local_bound_path, unsafe_reason
 from .sinks import TEMP_MARK, Sink, open_sink
 from .urls import PREFIX as FORM_PREFIX
 from .urls import TARGETS as FORM_TARGETS
@@ -46,6 +54,8 @@ from .urls import form_protocol, to_form
 
 #: Bytes of body copied per request when re-binding an object (cp/mv).
 COPY_CHUNK = 8 * 1024 * 1024
+#: Refusals collected by a running ``get`` (see EncryptedFileSystem.get).
+_REFUSED: contextvars.ContextVar[list[UnsafePathError] | None] = contextvars.ContextVar("encfs_refused", default=None)
 
 
 def _read_range(reader: ObjectReader, start: int | None, end: int | None) -> bytes:
@@ -241,8 +251,12 @@ class EncryptedFileSystem(ChainedFileSystem):
         """
         path = self._strip_protocol(path)
         mapped = self.fs._strip_protocol(path)
-        if path.endswith("/") and mapped and not mapped.endswith("/"):
-            mapped += "/"
+        # Every trailing "/" is kept, not just one: on S3 "x/" and "x//" are
+        # two more objects besides "x", and the path bound into a header must
+        # name the object that is really read (FORMAT.md section 4.1).
+        trail = len(path) - len(path.rstrip("/"))
+        if trail and mapped and path.rstrip("/"):
+            mapped = mapped.rstrip("/") + "/" * trail
         return mapped
 
     def unstrip_protocol(self, name: str) -> str:
@@ -256,19 +270,55 @@ class EncryptedFileSystem(ChainedFileSystem):
         return to_form(url) or f"enc::{url}"
 
     def _bound_path(self, path: str) -> str:
-        """The path bound into headers: the target's canonical path.
+        """The path bound into headers (FORMAT.md section 4.1): the name of
+        the object the target really reads for ``path``.
 
         On a local disk "d/sub/../f", "d//f" and "d/./f" name the file "d/f",
-        so they bind the same path; object stores keep keys verbatim ("a//b"
-        and "a/b" are two objects there), so only local paths are normalized.
+        so they bind the same path (Windows: also "\\" and letter case, see
+        :func:`encfs.paths.local_bound_path`).  The memory target strips
+        trailing "/" itself, so "x/" is the object "x" there.  Object stores
+        keep keys verbatim ("x", "x/", "x//" and "a//b" are distinct objects
+        on S3), so their exact key is bound: a copy to "x/" made without
+        keys does not authenticate.
         """
-        bound = self._target_path(path).rstrip("/")
-        if bound and isinstance(self.fs, LocalFileSystem):
-            bound = posixpath.normpath(bound)
+        bound = self._target_path(path)
+        if isinstance(self.fs, LocalFileSystem):
+            bound = bound.rstrip("/")
+            return local_bound_path(bound) if bound else bound
+        if isinstance(self.fs, MemoryFileSystem):
+            return bound.rstrip("/")
         return bound
 
     def _context_for(self, path: str) -> dict[str, str]:
         return {**self.context, PATH_KEY: self._bound_path(path)}
+
+    def _check_context(self, header: Any, path: str) -> None:
+        """Refuse an object whose context lacks or differs in a configured
+        pair (docs/SECURITY.md): one written for another tenant, or with no
+        context at all.  Called once the header MAC has verified, so a
+        tampered context is an IntegrityError (no oracle) and a mismatch
+        reported here is what the writer really bound."""
+        for k, v in self.context.items():
+            have = header.context.get(k)
+            if have != v:
+                found = "missing" if have is None else repr(have)
+                raise ContextMismatchError(
+                    f"encryption context of {path} does not match this filesystem's: "
+                    f"{k!r} is {found}, expected {v!r}"
+                )
+
+    def _check_regular(self, tpath: str) -> None:
+        """Never open a FIFO, socket or device on a local disk: a FIFO with
+        no writer blocks the read forever, a device may never end.  A path
+        that does not exist is left to the target's own error."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return
+        try:
+            mode = os.stat(tpath).st_mode
+        except (OSError, ValueError):
+            return
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise NotRegularFileError(f"not a regular file (FIFO, socket or device): {tpath}")
 
     # -- sizes and listings ----------------------------------------------------
     def _plain_info(self, info: dict[str, Any]) -> dict[str, Any]:
@@ -356,6 +406,7 @@ class EncryptedFileSystem(ChainedFileSystem):
               cache_options: dict | None = None, **kwargs: Any):
         tpath = self._target_path(path)
         if mode == "rb":
+            self._check_regular(tpath)
             return EncryptedReadFile(self, tpath, mode, block_size=block_size, cache_options=cache_options, **kwargs)
         if mode in ("wb", "xb"):
             return EncryptedWriteFile(self, tpath, mode, autocommit=autocommit)
@@ -365,15 +416,18 @@ class EncryptedFileSystem(ChainedFileSystem):
         )
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
-        return _read_range(ObjectReader(self, self._target_path(path)), start, end)
+        return _read_range(self.reader(path), start, end)
 
     def reader(self, path: str) -> ObjectReader:
         """An authenticated random-access reader (public for tools and CLI)."""
-        return ObjectReader(self, self._target_path(path))
+        tpath = self._target_path(path)
+        self._check_regular(tpath)
+        return ObjectReader(self, tpath)
 
     def header(self, path: str):
         """The parsed, unverified header of an object (one ranged read)."""
         tpath = self._target_path(path)
+        self._check_regular(tpath)
         return read_header(self, tpath, self.fs.cat_file(tpath, start=0, end=HEADER_REGION))
 
     # -- writing -------------------------------------------------------------------
@@ -402,6 +456,7 @@ class EncryptedFileSystem(ChainedFileSystem):
         if self.fs.isdir(src):
             self.fs.makedirs(dst, exist_ok=True)
             return
+        self._check_regular(src)
         ct_size = int(self.fs.size(src))
         header = read_header(self, src, self.fs.cat_file(src, start=0, end=HEADER_REGION))
         dek, keys = self.keyring.unwrap(header, src)
@@ -409,6 +464,7 @@ class EncryptedFileSystem(ChainedFileSystem):
         header.verify(keys, src)
         if self.bind_path and header.context.get(PATH_KEY) != self._bound_path(src):
             raise IntegrityError(src)
+        self._check_context(header, src)
         if plaintext_size(ct_size, header.segment_size, header.header_region) is None:
             raise IntegrityError(src)
         new_context = {**header.context, PATH_KEY: self._bound_path(dst)}
@@ -493,6 +549,34 @@ class EncryptedFileSystem(ChainedFileSystem):
                 out.append(exc)
         return out
 
+    def get(self, rpath: Any, lpath: Any, recursive: bool = False, callback: Any = DEFAULT_CALLBACK,
+            maxdepth: int | None = None, **kwargs: Any) -> None:
+        """fsspec's ``get``, except that an object whose key could not be
+        written inside ``lpath`` (``..``, ``.``, empty components,
+        backslashes, drive letters) is refused and the others are still
+        copied; the refusals are raised together at the end
+        (:class:`~encfs.errors.UnsafePathError`, docs/SECURITY.md)."""
+        refused: list[UnsafePathError] = []
+        token = _REFUSED.set(refused)
+        try:
+            super().get(rpath, lpath, recursive=recursive, callback=callback, maxdepth=maxdepth, **kwargs)
+        finally:
+            _REFUSED.reset(token)
+        if refused:
+            first = refused[0]
+            more = f" (and {len(refused) - 1} more refused)" if len(refused) > 1 else ""
+            raise UnsafePathError(first.key, first.reason + more)
+
+    def _check_local_name(self, rpath: str) -> None:
+        """Keys of object stores are free text: one holding ``..`` or a
+        backslash names a place outside any local destination it is copied
+        into.  Local sources are real file names and cannot."""
+        if isinstance(self.fs, LocalFileSystem):
+            return
+        reason = unsafe_reason(self._target_path(rpath).strip("/"))
+        if reason is not None:
+            raise UnsafePathError(rpath, reason)
+
     def get_file(self, rpath: str, lpath: Any, callback: Any = DEFAULT_CALLBACK, outfile: Any = None,
                  **kwargs: Any) -> None:
         """Decrypt one object into a local file, all or nothing.
@@ -503,6 +587,14 @@ class EncryptedFileSystem(ChainedFileSystem):
         """
         if isfilelike(lpath) or outfile is not None:
             return super().get_file(rpath, lpath, callback=callback, outfile=outfile, **kwargs)
+        try:
+            self._check_local_name(rpath)
+        except UnsafePathError as exc:
+            refused = _REFUSED.get()
+            if refused is None:
+                raise
+            refused.append(exc)  # inside get(): the rest goes on, get() raises at the end
+            return None
         if self.isdir(rpath):
             os.makedirs(lpath, exist_ok=True)
             return None

@@ -10,6 +10,7 @@ import click
 from ..audit import AuditLog, get_log, parse_when
 from ..errors import ConfigurationError, EncfsError
 from .main import cli
+from .util import echo
 
 
 def _log(path: str | None, keystore: str | None) -> AuditLog:
@@ -77,7 +78,10 @@ def audit(ctx: click.Context, log_path: str | None, keystore: str | None, key: s
     records = log.query(key=_key_names(key, keystore) if key else None, action=action, principal=principal,
                         since=parse_when(since) if since else None, until=parse_when(until) if until else None)
     for rec in records:
-        click.echo(json.dumps(rec, sort_keys=True) if as_json else _line(rec))
+        if as_json:
+            click.echo(json.dumps(rec, sort_keys=True))
+        else:
+            echo(_line(rec))  # records hold paths and key ids from objects
 
 
 @audit.command("verify")
@@ -91,6 +95,6 @@ def verify(ctx: click.Context) -> None:
         click.echo(f"audit log {log.path}: OK, {result.count} records, head {result.head}")
         return
     for problem in result.problems:
-        click.echo(f"encfs: audit: {problem}", err=True)
+        echo(f"encfs: audit: {problem}", err=True)
     click.echo(f"encfs: error: audit log {log.path} failed verification ({len(result.problems)} problem(s))", err=True)
     sys.exit(1)

@@ -2,8 +2,16 @@
 
 Each file is copied as a stream (bounded memory whatever its size) and
 becomes visible at the destination only when complete: encrypted
-destinations commit atomically by themselves, plaintext ones are opened with
-``autocommit=False`` and committed after the last byte.
+destinations commit atomically by themselves; plaintext ones on local disk
+are staged in an owner-only temp file next to the destination and renamed
+(never in ``$TMPDIR``, where decrypted plaintext would outlive a killed
+copy), other plaintext ones are opened with ``autocommit=False`` and
+committed after the last byte.
+
+Every destination stays inside the destination root: a source key holding
+``..``, an absolute path, a drive letter, a backslash or an empty component
+is refused with its own error, and the rest of the copy goes on
+(docs/SECURITY.md).
 
 Many files go to worker *processes*, not threads: AES-GCM in ``cryptography``
 holds the GIL, so threads would not use a second core.  Each worker builds
@@ -20,12 +28,16 @@ import posixpath
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 
-from ..errors import ConfigurationError, EncfsError
+from ..errors import ConfigurationError, EncfsError, NotRegularFileError, UnsafePathError
 from ..fs import EncryptedFileSystem
+from ..paths import join_inside
+from ..sinks import LocalSink
 from .util import Location
 
 #: Plaintext bytes moved per read/write call (a multiple of the segment size
@@ -56,29 +68,78 @@ def _same_storage(a: AbstractFileSystem, b: AbstractFileSystem) -> bool:
 
 
 def plan(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, dst: str, *,
-         dst_is_dir_hint: bool, recursive: bool) -> list[CopyItem]:
+         dst_is_dir_hint: bool, recursive: bool, refused: list[EncfsError] | None = None) -> list[CopyItem]:
     """The (source, destination, plaintext size) of every file to copy.
 
     POSIX ``cp`` semantics: an existing destination directory (or one written
     with a trailing ``/``) receives the source under its own name.
+
+    Source names are joined below the destination with
+    :func:`encfs.paths.join_inside`: a name that would land outside it
+    (``data/../../x`` on S3) is refused, as is a FIFO, socket or device in a
+    local tree (reading one could block forever).  With ``refused`` given,
+    each refusal is appended there and the other files are still planned;
+    without it the first one is raised.
     """
+    def refuse(exc: EncfsError) -> None:
+        if refused is None:
+            raise exc
+        refused.append(exc)
+
     into = dst_is_dir_hint or dst_fs.isdir(dst)
     if src_fs.isdir(src):
         if not recursive:
             raise ConfigurationError(f"{src} is a directory (use -r to copy it)")
-        base = _join(dst, posixpath.basename(src.rstrip("/"))) if into else dst
+        base = join_inside(dst, posixpath.basename(src.rstrip("/")), source=src) if into else dst
         inside = base.rstrip("/") == src.rstrip("/") or base.startswith(src.rstrip("/") + "/")
         if inside and _same_storage(src_fs, dst_fs):
             raise ConfigurationError(f"cannot copy {src} into itself")
         found = src_fs.find(src, detail=True)
         prefix = src.rstrip("/") + "/"
-        return [CopyItem(p, _join(base, p[len(prefix):]), int(info.get("size") or 0))
-                for p, info in sorted(found.items()) if info.get("type") == "file"]
+        items: list[CopyItem] = []
+        for p, info in sorted(found.items()):
+            kind = info.get("type")
+            if kind == "directory":
+                continue
+            if kind != "file":
+                refuse(NotRegularFileError(f"skipped {p}: not a regular file (FIFO, socket or device)"))
+                continue
+            try:
+                items.append(CopyItem(p, join_inside(base, p[len(prefix):], source=p), int(info.get("size") or 0)))
+            except UnsafePathError as exc:
+                refuse(exc)
+        return items
     info = src_fs.info(src)  # FileNotFoundError passes through with the path
-    target = _join(dst, posixpath.basename(src)) if into else dst
+    if info.get("type") not in ("file", None):
+        raise NotRegularFileError(f"not a regular file (FIFO, socket or device): {src}")
+    target = join_inside(dst, posixpath.basename(src), source=src) if into else dst
     if _same_storage(src_fs, dst_fs) and src.rstrip("/") == target.rstrip("/"):
         raise ConfigurationError(f"source and destination are the same object: {src}")
     return [CopyItem(src, target, int(info.get("size") or 0))]
+
+
+class _StagedLocalFile:
+    """Plaintext to a local destination through :class:`~encfs.sinks.LocalSink`:
+    an owner-only (0600) temp file in the destination directory, renamed onto
+    the destination when complete, removed on failure.  fsspec's local
+    ``autocommit=False`` file stages in ``$TMPDIR`` instead, where decrypted
+    plaintext would stay behind after a SIGKILL."""
+
+    def __init__(self, fs: AbstractFileSystem, path: str) -> None:
+        self._sink = LocalSink(fs, path, exclusive=False)
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        return len(data)
+
+    def close(self) -> None:
+        """Nothing: the data becomes visible at commit."""
+
+    def commit(self) -> None:
+        self._sink.commit()
+
+    def discard(self) -> None:
+        self._sink.discard()
 
 
 def copy_file(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, dst: str,
@@ -87,7 +148,10 @@ def copy_file(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, 
     parent = posixpath.dirname(dst.rstrip("/"))
     if parent:
         dst_fs.makedirs(parent, exist_ok=True)
-    out = dst_fs.open(dst, "wb", autocommit=False)
+    if isinstance(dst_fs, LocalFileSystem):
+        out: Any = _StagedLocalFile(dst_fs, dst_fs._strip_protocol(dst))
+    else:
+        out = dst_fs.open(dst, "wb", autocommit=False)
     total = 0
     try:
         if isinstance(src_fs, EncryptedFileSystem):

@@ -18,7 +18,7 @@ from ..format import PATH_KEY, plaintext_size, segment_count
 from ..fs import EncryptedFileSystem
 from . import copying
 from .main import _one_line, cli
-from .util import Location, human_size, key_options, location, parse_options
+from .util import Location, echo, human_size, key_options, location, parse_options, printable
 
 #: Plaintext bytes authenticated per request by ``verify``.
 VERIFY_WINDOW = 8 * 1024 * 1024
@@ -58,13 +58,22 @@ def cp(src: str, dst: str, recursive: bool, jobs: int, quiet: bool, progress: bo
     dst_loc = location(dst, keys=keys, keystore=keystore, options=opts)
     src_fs, src_path = src_loc.connect()
     dst_fs, dst_path = dst_loc.connect()
-    items = copying.plan(src_fs, src_path, dst_fs, dst_path, dst_is_dir_hint=dst_loc.dir_hint, recursive=recursive)
+    refused: list[EncfsError] = []
+    items = copying.plan(src_fs, src_path, dst_fs, dst_path, dst_is_dir_hint=dst_loc.dir_hint, recursive=recursive,
+                         refused=refused)
+    # One line per refused source name (outside the destination, or not a
+    # regular file); the rest is copied, and the exit status says it.
+    for exc in refused:
+        click.echo(f"encfs: error: {printable(str(exc))}", err=True)
     jobs = jobs or os.cpu_count() or 1
     if progress is None:
         progress = sys.stderr.isatty()
     files, nbytes = copying.run(items, src_loc, dst_loc, src_fs, dst_fs, jobs=jobs, progress=progress and not quiet)
     if not quiet:
-        click.echo(f"copied {files} file{'s' if files != 1 else ''} ({human_size(nbytes)})", err=True)
+        click.echo(f"copied {files} file{'s' if files != 1 else ''} ({human_size(nbytes)})"
+                   + (f", {len(refused)} refused" if refused else ""), err=True)
+    if refused:
+        raise SystemExit(1)
 
 
 # -- cat ----------------------------------------------------------------------------
@@ -107,13 +116,13 @@ def ls_cmd(url: str, long_: bool, as_json: bool, keys: tuple[str, ...], keystore
         name = e["name"] + ("/" if e.get("type") == "directory" else "")
         if not long_:  # plaintext size and name, like `aws s3 ls`
             size = "DIR" if e.get("type") != "file" else ("?" if e.get("encfs_valid") is False else e["size"])
-            click.echo(f"{size:>14}  {name}")
+            echo(f"{size:>14}  {name}")
         elif e.get("type") != "file":
-            click.echo(f"{'dir':4} {'-':>14} {'-':>14}  {name}")
+            echo(f"{'dir':4} {'-':>14} {'-':>14}  {name}")
         elif e.get("encfs_valid") is False:
-            click.echo(f"{'file':4} {'?':>14} {e.get('encrypted_size', 0):>14}  {name}  (not an encfs object)")
+            echo(f"{'file':4} {'?':>14} {e.get('encrypted_size', 0):>14}  {name}  (not an encfs object)")
         else:
-            click.echo(f"{'file':4} {e['size']:>14} {e.get('encrypted_size', 0):>14}  {name}")
+            echo(f"{'file':4} {e['size']:>14} {e.get('encrypted_size', 0):>14}  {name}")
 
 
 # -- info -----------------------------------------------------------------------------
@@ -159,6 +168,8 @@ def describe_object(fs: EncryptedFileSystem, path: str) -> dict[str, Any]:
 
 
 def format_info(info: dict[str, Any]) -> list[str]:
+    """The human-readable report, one logical line per item.  Header fields
+    are unauthenticated text: each line goes through :func:`printable`."""
     size = info["plaintext_size"]
     lines = [
         f"path            {info['path']}",
@@ -171,16 +182,21 @@ def format_info(info: dict[str, Any]) -> list[str]:
         f"encrypted size  {info['encrypted_size']} ({info['segments']} segment{'' if info['segments'] == 1 else 's'}"
         f" + {info['header_region']}-byte header)"
         if info["segments"] is not None else f"encrypted size  {info['encrypted_size']}",
-        "wrapped keys    " + "\n                ".join(
-            f"{w['uri']} ({'version ' + w['version'] if w['version'] else 'no version recorded'})"
-            for w in info["wrapped_keys"]),
-        "context         " + "\n                ".join(f"{k} = {v}" for k, v in sorted(info["context"].items())),
     ]
+    for i, w in enumerate(info["wrapped_keys"]):
+        lines.append(("wrapped keys    " if i == 0 else " " * 16)
+                     + f"{w['uri']} ({'version ' + w['version'] if w['version'] else 'no version recorded'})")
+    if not info["wrapped_keys"]:
+        lines.append("wrapped keys    ")
+    for i, (k, v) in enumerate(sorted(info["context"].items())):
+        lines.append(("context         " if i == 0 else " " * 16) + f"{k} = {v}")
+    if not info["context"]:
+        lines.append("context         ")
     if info["authenticated"]:
         lines.append("authenticated   yes (key commitment, header MAC, bound path, final segment)")
     else:
         lines.append(f"authenticated   NO: {info['authentication_error']}")
-    return lines
+    return [printable(line) for line in lines]
 
 
 @cli.command()
@@ -225,21 +241,21 @@ def verify(paths: tuple[str, ...], keys: tuple[str, ...], keystore: str | None, 
         try:
             targets = fs.find(path) if fs.isdir(path) else [path]
         except Exception as exc:  # noqa: BLE001 - a path we cannot list fails; go on with the rest
-            click.echo(f"FAILED  {path}: {_one_line(exc)}")
+            echo(f"FAILED  {path}: {_one_line(exc)}")
             failed += 1
             continue
         if not targets:
-            click.echo(f"(no objects under {path})")
+            echo(f"(no objects under {path})")
         for target in targets:
             try:
                 if not fs.exists(target):
                     raise FileNotFoundError(2, "no such file", target)
                 size = verify_object(fs, target)
             except Exception as exc:  # noqa: BLE001 - any failure is a FAILED line, never a crash
-                click.echo(f"FAILED  {target}: {_one_line(exc)}")
+                echo(f"FAILED  {target}: {_one_line(exc)}")
                 failed += 1
             else:
-                click.echo(f"OK      {target} ({human_size(size)})")
+                echo(f"OK      {target} ({human_size(size)})")
                 ok += 1
     click.echo(f"{ok} ok, {failed} failed")
     if failed:

@@ -21,7 +21,7 @@ from ..errors import ConfigurationError, EncfsError
 from ..keystore.store import DEFAULT_DELETION_DAYS, LocalKeystore
 from ..providers import KeyInfo, KeyProvider, KeyRef, make_provider
 from .main import cli
-from .util import parse_options
+from .util import echo, parse_options, printable
 
 
 def key_ref(key: str) -> KeyRef:
@@ -104,7 +104,8 @@ def _show(info: KeyInfo, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info.to_dict(), indent=1, sort_keys=True))
     else:
-        click.echo("\n".join(_info_lines(info)))
+        for line in _info_lines(info):
+            echo(line)  # names, descriptions and tags are free text
 
 
 def _parse_tags(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -157,8 +158,9 @@ def list_cmd(obj: _Ctx, scheme: str, as_json: bool) -> None:
         return
     rows = [("KEY", "STATE", "KIND", "VER", "CREATED", "ALIASES")]
     for i in infos:
-        rows.append((i.uri, i.state, str(i.extra.get("kind", "-")), i.current_version or "-", i.created or "-",
-                     ", ".join(i.aliases) or "-"))
+        row = (i.uri, i.state, str(i.extra.get("kind", "-")), i.current_version or "-", i.created or "-",
+               ", ".join(i.aliases) or "-")
+        rows.append(tuple(printable(v) for v in row))  # escaped before the widths are measured
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[-1])
@@ -177,7 +179,7 @@ def describe(obj: _Ctx, key: str, as_json: bool) -> None:
 # -- state ---------------------------------------------------------------------------------
 def _after(obj: _Ctx, ref: KeyRef, what: str) -> None:
     info = obj.provider(ref.scheme).describe(ref)
-    click.echo(f"{info.uri}: {what} (state {info.state}, version {info.current_version or '-'})")
+    echo(f"{info.uri}: {what} (state {info.state}, version {info.current_version or '-'})")
 
 
 @keys_group.command("enable")

@@ -18,6 +18,7 @@ import sys
 import click
 
 from ..errors import EncfsError, NoUsableKeyError
+from .util import printable
 
 #: Modules that add commands to ``cli``; a missing one is skipped so that a
 #: partially installed tree still runs.
@@ -67,6 +68,12 @@ def _load_commands() -> None:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The error as one terminal-safe line (texts can quote object names and
+    key ids from unauthenticated headers: control characters are escaped)."""
+    return printable(_first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, FileNotFoundError):
         return f"no such file or directory: {exc.filename or text}" if exc.filename else f"not found: {text}"
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         text = (exc.format_message().strip().splitlines() or [type(exc).__name__])[0]
         ctx = getattr(exc, "ctx", None)
         hint = f" (see '{ctx.command_path} --help')" if isinstance(exc, click.UsageError) and ctx else ""
-        click.echo(f"encfs: error: {text.rstrip('.') if hint else text}{hint}", err=True)
+        click.echo(f"encfs: error: {printable(text.rstrip('.') if hint else text)}{hint}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -10,7 +10,7 @@ from ..errors import ConfigurationError
 from ..fs import EncryptedFileSystem
 from ..rewrap import FAILED, REWRAPPED, WOULD_REWRAP, RewrapReport, rewrap
 from .main import cli
-from .util import location, parse_options
+from .util import echo, location, parse_options
 
 
 def _uri(key: str) -> str:
@@ -54,11 +54,11 @@ def rewrap_cmd(paths: tuple[str, ...], to: tuple[str, ...], dry_run: bool, jobs:
         total.results.extend(report.results)
     for r in total.results:
         if r.status == FAILED:
-            click.echo(f"encfs: error: rewrap failed: {r.path}: {r.error}", err=True)
+            echo(f"encfs: error: rewrap failed: {r.path}: {r.error}", err=True)
         elif verbose and r.status in (REWRAPPED, WOULD_REWRAP):
-            click.echo(f"{r.status}: {r.path}: {', '.join(r.before)} -> {', '.join(r.after)}")
+            echo(f"{r.status}: {r.path}: {', '.join(r.before)} -> {', '.join(r.after)}")
         elif verbose:
-            click.echo(f"{r.status}: {r.path}")
+            echo(f"{r.status}: {r.path}")
     click.echo(("dry run: " if dry_run else "") + total.summary())
     if total.failed:
         sys.exit(1)

@@ -29,7 +29,7 @@ from ..cache import CACHE_COUNTERS
 from ..errors import EncfsError
 from ..fs import EncryptedFileSystem
 from .main import _one_line, cli
-from .util import human_size, key_options, location, parse_options
+from .util import echo, human_size, key_options, location, parse_options
 
 #: Counters that are sums over the work done (differences are meaningful).
 COUNTERS = ("generate_calls", "wrap_calls", "unwrap_calls", "key_service_errors", "key_service_calls",
@@ -150,8 +150,8 @@ def demo_workload(count: int, size: int, keys: tuple[str, ...], keystore: str | 
 
 def _print_demo(r: dict[str, Any]) -> None:
     on, off = r["cache"]["stats"], r["no_cache"]["stats"]
-    click.echo(f"demo: {r['objects']} objects of {r['object_size']} B written and read back through "
-               f"enc::memory:// with {', '.join(r['keys'])}")
+    echo(f"demo: {r['objects']} objects of {r['object_size']} B written and read back through "
+         f"enc::memory:// with {', '.join(r['keys'])}")
     click.echo(f"cache limits: {_limits_line(on['limits'])}")
     rows = [
         ("key-service calls", "key_service_calls"),
@@ -210,7 +210,7 @@ def stats(paths: tuple[str, ...], count: int, size: int, no_cache: bool, as_json
         for line in format_stats(report["stats"]):
             click.echo(line)
         for fail in report["failed"]:
-            click.echo(f"encfs: error: {fail['error']}" if fail["path"] in fail["error"]
+            echo(f"encfs: error: {fail['error']}" if fail["path"] in fail["error"]
                        else f"encfs: error: {fail['path']}: {fail['error']}", err=True)
     if report["failed"]:
         click.get_current_context().exit(1)

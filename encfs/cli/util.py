@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -132,6 +133,32 @@ def key_options(func: F) -> F:
                              "and names the aws-kms/pkcs11 keys reads may use "
                              "(default local://default; env ENCFS_KEY).")(func)
     return func
+
+
+#: Characters that steer a terminal or reorder text: C0 controls (ESC starts
+#: escape sequences; CR and LF forge lines), DEL, C1 controls (0x9b is a
+#: one-byte CSI), and the Unicode bidi controls (Trojan Source).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: object) -> str:
+    """``text`` safe for a terminal: every control or bidi character shown as
+    a ``\\xNN`` / ``\\uNNNN`` escape.  Object names, key ids, versions,
+    contexts and error texts can come from unauthenticated headers or from
+    storage, so every human-readable line goes through this (or :func:`echo`);
+    JSON output needs nothing more, as ``json.dumps`` escapes them itself."""
+    return _UNPRINTABLE.sub(_escape_char, str(text))
+
+
+def echo(line: object = "", *, err: bool = False) -> None:
+    """Print one logical line through :func:`printable` (an embedded newline
+    is escaped too, so a value cannot forge a line of its own)."""
+    click.echo(printable(line), err=err)
 
 
 def human_size(n: int) -> str:
