@@ -16,10 +16,11 @@ Removing records from the *end* leaves a valid shorter chain: anchor the
 head hash printed by ``encfs audit verify`` somewhere else to detect that
 (docs/KEYS.md).
 
-Durability and concurrency: an append takes an exclusive ``flock`` on the
-log file itself (threads and processes alike, since every append opens its
-own file description), reads the chain tail, writes one line with
-``O_APPEND`` and ``fsync``s before releasing the lock.  One line, one write,
+Durability and concurrency: an append takes an exclusive lock on the side
+file ``<log>.lock`` (``filelock``: ``flock`` on POSIX, ``msvcrt.locking`` on
+Windows; threads of one process also share a ``threading.Lock``), reads the
+chain tail, writes one line with ``O_APPEND`` and ``fsync``s before
+releasing the lock.  One line, one write,
 one fsync per key-service call: that is the whole cost of the hook.
 
 Location: ``$ENCFS_AUDIT_LOG`` if set (``off`` disables auditing), else
@@ -29,7 +30,6 @@ Location: ``$ENCFS_AUDIT_LOG`` if set (``off`` disables auditing), else
 
 from __future__ import annotations
 
-import fcntl
 import getpass
 import hashlib
 import json
@@ -45,6 +45,7 @@ from typing import Any
 
 from .errors import ConfigurationError, EncfsError
 from .format import WrappedKey
+from .portable import O_BINARY, current_uid, file_lock
 from .providers.base import KeyInfo, KeyProvider, KeyRef
 
 AUDIT_ENV = "ENCFS_AUDIT_LOG"
@@ -64,8 +65,11 @@ def principal() -> str:
         return value
     try:
         user = getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers): fall back to the uid
-        user = f"uid{os.getuid()}"
+    except (ImportError, KeyError, OSError):
+        # No passwd entry (containers), or no user variables on Windows
+        # (getpass then fails importing pwd, or with OSError on 3.13+).
+        uid = current_uid()
+        user = f"uid{uid}" if uid is not None else "unknown"
     return f"{user}@{socket.gethostname()}"
 
 
@@ -111,6 +115,7 @@ class AuditLog:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._lock = threading.Lock()
         # (inode, size) -> (seq, hash) of the last record: saves re-reading
         # the tail when nobody else appended since our last write.
@@ -156,10 +161,9 @@ class AuditLog:
     def _append(self, records: dict[str, Any] | list[dict[str, Any]]) -> Any:
         batch = records if isinstance(records, list) else [records]
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with self._lock, file_lock(self.lock_path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | O_BINARY, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
                 st = os.fstat(fd)
                 stamp = (st.st_ino, st.st_size)
                 if self._tail is not None and self._tail[0] == stamp:
@@ -183,7 +187,7 @@ class AuditLog:
                 os.fsync(fd)
                 self._tail = ((st.st_ino, st.st_size + len(data)), (seq, prev))
             finally:
-                os.close(fd)  # also releases the flock
+                os.close(fd)
         return records
 
     def _read_tail(self, size: int) -> tuple[int, str, bool]:

@@ -2,8 +2,11 @@
 
 Writes are atomic (temp file in the same directory, fsync, rename, fsync of
 the directory) so a crash at any point leaves either the old or the new file,
-never a torn one.  Read-modify-write cycles hold an exclusive ``flock`` on a
-side lock file so concurrent processes never lose each other's updates.
+never a torn one.  Read-modify-write cycles hold an exclusive lock on a
+side lock file (``filelock``: ``flock`` on POSIX, ``msvcrt.locking`` on
+Windows) so concurrent processes never lose each other's updates.  Where the
+platform lacks a directory fsync or ``fchmod`` (Windows) the fallbacks of
+encfs/portable.py apply; docs/SECURITY.md "Windows" says what then holds.
 
 Corruption (a bad disk block, a hand edit, a truncated copy) is detected by
 a SHA-256 ``checksum`` field over the canonical JSON of the rest of the
@@ -16,7 +19,6 @@ complete good document, at most one write behind after a crash) and
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import KeystoreError
+from ..portable import file_lock, fsync_dir, restrict_to_owner
 
 
 def ensure_private_dir(path: Path) -> None:
@@ -39,7 +42,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically and durably, mode 0600."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600)
+        restrict_to_owner(fd, tmp, 0o600)  # mkstemp already makes it 0600 on POSIX; say so explicitly
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -49,11 +52,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
 
 
 class JsonFileStore:
@@ -70,13 +69,8 @@ class JsonFileStore:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         ensure_private_dir(self.path.parent)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(self.lock_path):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     @staticmethod
     def checksum(doc: dict[str, Any]) -> str:
