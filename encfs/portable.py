@@ -43,8 +43,10 @@ def file_lock(path: str | os.PathLike[str]) -> FileLock:
 
     One object per use, as each ``with`` opens its own descriptor: threads
     and processes exclude each other alike, as ``flock`` on separate opens did.
+    Not thread-local, so a lock held for a long time (the key server's
+    database) may be released from another thread than the one that took it.
     """
-    return FileLock(os.fspath(path), mode=0o600)
+    return FileLock(os.fspath(path), mode=0o600, thread_local=False)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> bool:

@@ -12,7 +12,6 @@ file next to the database refuses a second server.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import sqlite3
@@ -21,6 +20,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import BaseFileLock, Timeout
+
+from ..portable import file_lock
 from .storage import (
     AccessKey,
     AliasRecord,
@@ -253,20 +255,21 @@ class SQLiteStorage(Storage):
         self.path = Path(path)
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
-        self._lockfd: int | None = None
+        self._lockfile: BaseFileLock | None = None
 
     def __repr__(self) -> str:
         return f"SQLiteStorage({str(self.path)!r})"
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(str(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        # One server process per database (filelock: flock on POSIX,
+        # msvcrt.locking on Windows; encfs/portable.py).
+        lock = file_lock(str(self.path) + ".lock")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+            lock.acquire(timeout=0)
+        except Timeout:
             raise StorageError(f"{self.path} is in use by another server process") from None
-        self._lockfd = fd
+        self._lockfile = lock
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -305,9 +308,9 @@ class SQLiteStorage(Storage):
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            if self._lockfd is not None:
-                os.close(self._lockfd)
-                self._lockfd = None
+            if self._lockfile is not None:
+                self._lockfile.release()
+                self._lockfile = None
 
     @asynccontextmanager
     async def transaction(self, *, write: bool = False) -> AsyncIterator[Transaction]:
