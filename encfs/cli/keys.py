@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from ..audit import audited, get_log
-from ..errors import ConfigurationError, EncfsError
+from ..errors import ConfigurationError, EncfsError, KeystoreError
 from ..keystore.store import DEFAULT_DELETION_DAYS, LocalKeystore
 from ..providers import KeyInfo, KeyProvider, KeyRef, make_provider
 from .main import cli
@@ -403,21 +403,51 @@ def export(obj: _Ctx, dest: str, keys: tuple[str, ...]) -> None:
 
 @keys_group.command("import")
 @click.argument("src", metavar="FILE")
+@click.option("--add-versions", is_flag=True,
+              help="Accept versions the bundle adds to keys this keystore already has (they stay non-current).")
+@click.option("--make-current", is_flag=True,
+              help="Also make the bundle's current version current here, and take free encfs-managed aliases "
+                   "(default, encfs/...); implies --add-versions.")
 @pass_ctx
-def import_cmd(obj: _Ctx, src: str) -> None:
-    """Import keys from an export FILE ('-' reads stdin) into the local keystore."""
+def import_cmd(obj: _Ctx, src: str, add_versions: bool, make_current: bool) -> None:
+    """Import keys from an export FILE ('-' reads stdin) into the local keystore.
+
+    New keys are added.  A key this keystore already has is never changed
+    silently: versions the bundle adds need --add-versions, and which version
+    is current changes only with --make-current.  Prints what was added and
+    what was refused; exits non-zero if anything was refused.
+    """
     from ..keystore.transfer import export_passphrase, open_bundle
 
     data = sys.stdin.buffer.read() if src == "-" else Path(src).expanduser().read_bytes()
     records = open_bundle(data, export_passphrase(confirm=False))
     ks = obj.local_keystore()
-    report = ks.import_records(records)
+    report = ks.import_records(records, add_versions=add_versions, make_current=make_current)
     log = get_log(ks.home)
     if log is not None:
         log.append("import-keys", keys=sorted(records["keys"]), source=src,
+                   versions_added=report["versions_added"] or None,
+                   made_current=report["made_current"] or None,
+                   refused=sorted(report["refused"]) or None,
                    alias_conflicts=report["alias_conflicts"] or None)
-    for what in ("added", "merged", "unchanged"):
-        if report[what]:
-            click.echo(f"{what}: {', '.join(report[what])}")
+    for key_id in report["added"]:
+        rec = records["keys"][key_id]
+        versions = ", ".join(sorted(rec["versions"], key=int))
+        click.echo(f"added: {key_id} (versions {versions}; current {rec['current_version']})")
+    for key_id, versions in report["versions_added"].items():
+        current = ks.record(key_id)["current_version"]
+        now = "is now" if key_id in report["made_current"] else "stays"
+        click.echo(f"added versions: {key_id} {', '.join(map(str, versions))} (current {now} {current})")
+    for key_id, version in report["made_current"].items():
+        if key_id not in report["versions_added"]:
+            click.echo(f"made current: {key_id} version {version}")
+    if report["unchanged"]:
+        click.echo(f"unchanged: {', '.join(report['unchanged'])}")
+    for alias in report["aliases_added"]:
+        click.echo(f"added alias: {alias} -> {records['aliases'][alias]}")
     for alias in report["alias_conflicts"]:
         click.echo(f"encfs: warning: alias {alias!r} already names another key here; not imported", err=True)
+    for what, why in report["refused"].items():
+        click.echo(f"encfs: warning: refused {what}: {why}", err=True)
+    if report["refused"]:
+        raise KeystoreError(f"{len(report['refused'])} item(s) of the bundle not imported (see the warnings above)")

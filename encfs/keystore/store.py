@@ -2,24 +2,22 @@
 
 Root keys are 32 random bytes from the OS CSPRNG (``os.urandom``), kept in
 ``$ENCFS_HOME/keystore.json`` (default ``~/.encfs``), owner-only, written
-atomically under a file lock (storage.py).  Each key has an id
-(``lk-<hex>``), aliases, a state, and numbered versions; the current version
-wraps new data keys and every version keeps unwrapping.  Optionally, key
-material is sealed under a passphrase (sealing.py).
+atomically under a file lock.  Each key has an id (``lk-<hex>``), aliases, a
+state, and numbered versions; the current version wraps new data keys and
+every version keeps unwrapping.  Optionally the keystore is sealed under a
+passphrase, which then also authenticates the whole document.
 
-Lifecycle (docs/KEYS.md), modelled on AWS KMS:
+This module is the public handle, :class:`LocalKeystore`; the work is split:
 
-- states ``Enabled`` → ``Disabled`` → ``Enabled``; ``Enabled|Disabled`` →
-  ``PendingDeletion`` (7–30 days) → deleted, or → ``Disabled`` on cancel.
-  Only Enabled keys wrap *and* unwrap; deletion removes every version.
-- kinds: ``customer`` (made by the user) and ``encfs`` (managed: the
-  ``default`` key and keys auto-created under ``alias/encfs/<name>``,
-  rotated automatically every 365 days).
-- automatic rotation (period 90–2560 days) and deletion at the end of the
-  waiting period are *due dates*, applied whenever the keystore is used,
-  read against the injectable ``clock`` so tests need no sleeping.
+- model.py: formats, states, limits, date/alias/tag helpers;
+- schema.py: the document's schema, checked whole on every load;
+- document.py: load/save (permissions, schema, passphrase, document MAC);
+- storage.py: the JSON file itself (atomic writes, lock, checksum, backup);
+- sealing.py: the passphrase-derived keys; permissions.py: mode checks;
+- lifecycle.py: states, rotation, deletion, due work (docs/KEYS.md);
+- importer.py / transfer.py: export bundles and merging them in.
 
-Key material leaves this module only through :meth:`LocalKeystore._material`,
+Key material leaves this package only through :meth:`LocalKeystore._material`,
 which the local provider calls; nothing here logs or reprs it.
 """
 
@@ -30,100 +28,51 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, KeyNotFoundError, KeyStateError, KeystoreError
-from .sealing import PASSPHRASE_ENV, Sealer, b64d, b64e, get_passphrase
+from . import lifecycle
+from .document import DocumentStore
+from .importer import merge_records
+from .model import (  # noqa: F401 - re-exported: the public names of the first store.py
+    CUSTOMER,
+    DAY,
+    DEFAULT_ALIAS,
+    DEFAULT_DELETION_DAYS,
+    DEFAULT_ROTATION_DAYS,
+    DISABLED,
+    ENABLED,
+    FORMAT,
+    FORMAT_SEALED,
+    HOME_ENV,
+    KEY_BYTES,
+    MANAGED,
+    MANAGED_PREFIX,
+    MAX_DELETION_DAYS,
+    MAX_DESCRIPTION,
+    MAX_ROTATION_DAYS,
+    MAX_TAGS,
+    MIN_DELETION_DAYS,
+    MIN_ROTATION_DAYS,
+    PENDING_DELETION,
+    STATES,
+    check_rotation_days,
+    check_tags,
+    default_home,
+    is_reserved_alias,
+    key_uri,
+    normalize_alias,
+)
+from .model import iso as _iso  # noqa: F401 - re-exported
+from .model import ts as _ts  # noqa: F401 - re-exported
+from .schema import (
+    SchemaError,
+    check_bundle_records,
+    check_document,  # noqa: F401 - re-exported; raises ValueError (SchemaError), as before
+)
+from .sealing import b64e
 from .storage import JsonFileStore
-
-FORMAT = "encfs-keystore/1"
-DEFAULT_ALIAS = "default"
-MANAGED_PREFIX = "encfs/"
-HOME_ENV = "ENCFS_HOME"
-KEY_BYTES = 32
-ENABLED, DISABLED, PENDING_DELETION = "Enabled", "Disabled", "PendingDeletion"
-STATES = (ENABLED, DISABLED, PENDING_DELETION)
-CUSTOMER, MANAGED = "customer", "encfs"
-DAY = 86400.0
-MIN_DELETION_DAYS, MAX_DELETION_DAYS, DEFAULT_DELETION_DAYS = 7, 30, 30
-MIN_ROTATION_DAYS, MAX_ROTATION_DAYS, DEFAULT_ROTATION_DAYS = 90, 2560, 365
-MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE, MAX_DESCRIPTION = 50, 128, 256, 8192
-
-
-def default_home() -> Path:
-    return Path(os.environ.get(HOME_ENV) or "~/.encfs").expanduser()
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
-
-
-def _ts(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
-
-
-def normalize_alias(name: str) -> str:
-    """Aliases may be written with or without AWS's ``alias/`` prefix."""
-    name = name.removeprefix("alias/")
-    if not name or len(name) > 256 or name.startswith("/") or any(c.isspace() for c in name):
-        raise ConfigurationError(f"invalid alias {name!r}")
-    return name
-
-
-def is_reserved_alias(alias: str) -> bool:
-    """``default`` and ``encfs/...`` belong to encfs-managed keys (like AWS's
-    ``alias/aws/...``): users cannot create, move or delete them."""
-    return alias == DEFAULT_ALIAS or alias.startswith(MANAGED_PREFIX)
-
-
-def check_tags(tags: Mapping[str, str]) -> dict[str, str]:
-    out = {}
-    for k, v in tags.items():
-        if not isinstance(k, str) or not isinstance(v, str) or not 0 < len(k) <= MAX_TAG_KEY or len(v) > MAX_TAG_VALUE:
-            raise ConfigurationError(f"invalid tag {k!r}: keys 1..{MAX_TAG_KEY} chars, values up to {MAX_TAG_VALUE}")
-        out[k] = v
-    return out
-
-
-def _uri(key_id: str) -> str:
-    return f"local://{key_id}"
-
-
-def check_document(doc: dict[str, Any]) -> None:
-    """Raise ValueError unless ``doc`` has the shape this module indexes
-    without further checks: a hand-edited or damaged file must be reported
-    as a corrupted keystore, not crash with KeyError or AttributeError."""
-    keys, aliases, deleted = doc.get("keys"), doc.get("aliases"), doc.get("deleted", {})
-    if not isinstance(keys, dict) or not isinstance(aliases, dict) or not isinstance(deleted, dict):
-        raise ValueError("keys, aliases or deleted is missing or not an object")
-    for key_id, rec in keys.items():
-        if not isinstance(rec, dict) or rec.get("id", key_id) != key_id or rec.get("state") not in STATES:
-            raise ValueError(f"malformed record for key {key_id}")
-        versions = rec.get("versions")
-        if not isinstance(versions, dict) or not versions:
-            raise ValueError(f"key {key_id} has no versions")
-        for v, entry in versions.items():
-            if not v.isdigit() or not isinstance(entry, dict):
-                raise ValueError(f"malformed version {v!r} of key {key_id}")
-            if not isinstance(entry.get("sealed", entry.get("material")), str):
-                raise ValueError(f"key {key_id} version {v} has no material")
-        if str(rec.get("current_version")) not in versions:
-            raise ValueError(f"key {key_id} has no current version")
-        rotation = rec.get("rotation") or {}
-        if not isinstance(rotation, dict):
-            raise ValueError(f"malformed rotation of key {key_id}")
-        try:
-            for when in (rec.get("deletion_date"), rotation.get("next")):
-                if when:
-                    _ts(when)
-            if rotation.get("enabled"):
-                int(rotation["period_days"])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError(f"malformed dates of key {key_id}") from None
-    if not all(isinstance(a, str) and isinstance(k, str) for a, k in aliases.items()):
-        raise ValueError("malformed alias")
 
 
 class LocalKeystore:
@@ -133,10 +82,10 @@ class LocalKeystore:
         self.home = Path(home).expanduser() if home else default_home()
         self.clock = clock
         self._file = JsonFileStore(self.home / "keystore.json")
+        self._store = DocumentStore(self.home, self._file)
         self._lock = threading.RLock()
         self._doc: dict[str, Any] | None = None
         self._stamp: tuple[int, int, int] | None = None
-        self._sealer: Sealer | None = None
         self._next_due = float("inf")
 
     def __repr__(self) -> str:
@@ -151,16 +100,9 @@ class LocalKeystore:
 
         log = get_log(self.home)
         if log is not None:
-            log.append(action, key=_uri(key_id), automatic=True, **fields)
+            log.append(action, key=key_uri(key_id), automatic=True, **fields)
 
     # -- document access -------------------------------------------------
-    def _empty(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"format": FORMAT, "sealing": None, "aliases": {}, "keys": {}, "deleted": {}}
-        passphrase = os.environ.get(PASSPHRASE_ENV)
-        if passphrase:
-            doc["sealing"] = Sealer.new_params(passphrase)
-        return doc
-
     def _stat(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self._file.path)
@@ -169,15 +111,10 @@ class LocalKeystore:
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def _load(self) -> dict[str, Any]:
-        doc = self._file.read() or self._empty()
-        if doc.get("format") != FORMAT:
-            raise KeystoreError(f"{self._file.path} is not an encfs keystore (format {doc.get('format')!r})")
-        try:
-            check_document(doc)
-        except ValueError as exc:
-            raise self._file.corrupted(str(exc)) from None
-        doc.setdefault("deleted", {})
-        return doc
+        return self._store.load()
+
+    def _seal(self, doc: dict[str, Any]) -> lifecycle.Seal:
+        return lambda key_id, version, material: self._store.seal_material(doc, key_id, version, material)
 
     def _read(self) -> dict[str, Any]:
         """Current document, reloaded only when the file changed; applies
@@ -186,7 +123,9 @@ class LocalKeystore:
             stamp = self._stat()
             if self._doc is None or stamp != self._stamp:
                 self._doc, self._stamp = self._load(), stamp
-                self._next_due = self._due_time(self._doc)
+                self._next_due = lifecycle.due_time(self._doc)
+                if self._doc.get("sealing") and self._doc["format"] != FORMAT_SEALED:
+                    self._next_due = 0.0  # a format 1 sealed keystore: upgrade it now (document.py)
             if self.clock() >= self._next_due:
                 try:
                     self._update(lambda doc: None)  # _update runs the due work
@@ -203,113 +142,32 @@ class LocalKeystore:
     def _update(self, change: Callable[[dict[str, Any]], Any]) -> Any:
         """Apply due work then ``change`` to a fresh copy of the document
         under the file lock, and write it back."""
+        # Before the lock: taking it makes the folder private, which would
+        # hide that others could write it until now.
+        self._store.check_permissions()
         with self._lock, self._file.locked():
             doc = self._load()
-            events = self._apply_due(doc)
+            sealer = self._store.sealer(doc)
+            events = lifecycle.apply_due(doc, self.clock(), self._seal(doc))
             result = change(doc)
-            self._file.write(doc)
+            self._store.save(doc, sealer)
             self._doc, self._stamp = doc, self._stat()
-            self._next_due = self._due_time(doc)
+            self._next_due = lifecycle.due_time(doc)
         for action, key_id, fields in events:
             self._audit(action, key_id, **fields)
         return result
 
     def recover_from_backup(self) -> None:
         """Replace a corrupted keystore file by its last good backup."""
+        self._store.check_permissions(backup=True)
         with self._lock, self._file.locked():
-            doc = self._file.read_backup()
-            if doc.get("format") != FORMAT:
-                raise KeystoreError(f"backup {self._file.backup} is not an encfs keystore")
-            try:
-                check_document(doc)
-            except ValueError:
-                raise KeystoreError(f"keystore backup {self._file.backup} is corrupted too") from None
-            self._file.write(doc)
+            doc = self._store.load_backup()
+            self._store.save(doc, self._store.sealer(doc))
             self._doc, self._stamp = doc, self._stat()
-            self._next_due = self._due_time(doc)
-
-    # -- due work: automatic rotation and deletion ------------------------
-    @staticmethod
-    def _due_time(doc: dict[str, Any]) -> float:
-        due = float("inf")
-        for rec in doc["keys"].values():
-            if rec.get("state") == PENDING_DELETION and rec.get("deletion_date"):
-                due = min(due, _ts(rec["deletion_date"]))
-            rot = rec.get("rotation") or {}
-            if rot.get("enabled") and rec.get("state") == ENABLED and rot.get("next"):
-                due = min(due, _ts(rot["next"]))
-        return due
-
-    def _apply_due(self, doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
-        now = self.clock()
-        events: list[tuple[str, str, dict[str, Any]]] = []
-        for key_id, rec in list(doc["keys"].items()):
-            if rec.get("state") == PENDING_DELETION and rec.get("deletion_date") and _ts(rec["deletion_date"]) <= now:
-                # End of the waiting period: every version goes, and its aliases.
-                del doc["keys"][key_id]
-                for alias in [a for a, k in doc["aliases"].items() if k == key_id]:
-                    del doc["aliases"][alias]
-                doc["deleted"][key_id] = _iso(now)
-                events.append(("delete-key", key_id, {}))
-                continue
-            rot = rec.get("rotation") or {}
-            if rot.get("enabled") and rec.get("state") == ENABLED and rot.get("next") and _ts(rot["next"]) <= now:
-                v = self._add_version(doc, rec, now)
-                rot["last"] = _iso(now)
-                # One rotation however many periods were missed (as KMS does):
-                # the next one is a full period from now.
-                rot["next"] = _iso(now + int(rot["period_days"]) * DAY)
-                events.append(("auto-rotate", key_id, {"version": str(v)}))
-        return events
-
-    def _add_version(self, doc: dict[str, Any], rec: dict[str, Any], now: float) -> int:
-        v = max(int(x) for x in rec["versions"]) + 1
-        material = os.urandom(KEY_BYTES)
-        rec["versions"][str(v)] = {"created": _iso(now), **self._seal_material(doc, rec["id"], v, material)}
-        rec["current_version"] = v
-        return v
-
-    # -- sealing ---------------------------------------------------------
-    def _get_sealer(self, doc: dict[str, Any]) -> Sealer | None:
-        params = doc.get("sealing")
-        if not params:
-            return None
-        if self._sealer is None:
-            try:
-                self._sealer = Sealer(params, get_passphrase())
-            except (KeyError, TypeError, ValueError):
-                raise self._file.corrupted("malformed sealing parameters") from None
-        return self._sealer
-
-    @staticmethod
-    def _aad(key_id: str, version: int) -> bytes:
-        return f"encfs-keystore/1|{key_id}|{version}".encode()
-
-    def _seal_material(self, doc: dict[str, Any], key_id: str, version: int, material: bytes) -> dict[str, str]:
-        sealer = self._get_sealer(doc)
-        if sealer is None:
-            return {"material": b64e(material)}
-        return {"sealed": sealer.seal(material, self._aad(key_id, version))}
+            self._next_due = lifecycle.due_time(doc)
 
     def _open_material(self, doc: dict[str, Any], key_id: str, version: int, entry: Mapping[str, str]) -> bytes:
-        if "sealed" in entry:
-            sealer = self._get_sealer(doc)
-            if sealer is None:
-                raise KeystoreError("sealed key material but the keystore has no sealing parameters")
-            try:
-                material = sealer.unseal(entry["sealed"], self._aad(key_id, version))
-            except ValueError:  # malformed base64 (KeystoreError passes through)
-                material = b""
-        else:
-            try:
-                material = b64d(entry["material"])
-            except ValueError:
-                material = b""
-        # A root key is exactly KEY_BYTES: anything else is damage, and a
-        # 16-byte one would silently become an AES-128 key.
-        if len(material) != KEY_BYTES:
-            raise self._file.corrupted(f"key material of {key_id} version {version} is malformed")
-        return material
+        return self._store.open_material(doc, key_id, version, entry)
 
     # -- lookups -----------------------------------------------------------
     def resolve(self, name: str) -> str:
@@ -337,8 +195,8 @@ class LocalKeystore:
     def _not_found(self, doc: dict[str, Any], name: str) -> None:
         when = doc.get("deleted", {}).get(name)
         if when:
-            raise KeyNotFoundError(f"local key {name} was deleted on {when}", key=_uri(name))
-        raise KeyNotFoundError(f"local key {name!r} not found in keystore {self.home}", key=_uri(name))
+            raise KeyNotFoundError(f"local key {name} was deleted on {when}", key=key_uri(name))
+        raise KeyNotFoundError(f"local key {name!r} not found in keystore {self.home}", key=key_uri(name))
 
     def record(self, key_id: str) -> dict[str, Any]:
         doc = self._read()
@@ -364,31 +222,18 @@ class LocalKeystore:
         """Root key material of ``version`` (current if None).  Provider-only."""
         doc = self._read()
         rec = self.record(key_id)
-        state = rec.get("state", ENABLED)
+        state = rec["state"]
         if state != ENABLED:
             op = "wrap" if for_wrap else "unwrap"
             extra = f" (deletion on {rec['deletion_date']})" if state == PENDING_DELETION else ""
-            raise KeyStateError(f"local key {key_id} is {state}{extra}: cannot {op}", key=_uri(key_id), operation=op)
+            raise KeyStateError(f"local key {key_id} is {state}{extra}: cannot {op}", key=key_uri(key_id), operation=op)
         v = int(rec["current_version"]) if version is None else int(version)
         entry = rec["versions"].get(str(v))
         if entry is None:
-            raise KeyNotFoundError(f"local key {key_id} has no version {v}", key=_uri(key_id))
+            raise KeyNotFoundError(f"local key {key_id} has no version {v}", key=key_uri(key_id))
         return v, self._open_material(doc, key_id, v, entry)
 
     # -- creation ------------------------------------------------------------
-    def _new_record(self, doc: dict[str, Any], key_id: str, *, description: str, tags: Mapping[str, str],
-                    kind: str, rotation_days: int | None) -> dict[str, Any]:
-        now = self.clock()
-        rec: dict[str, Any] = {
-            "id": key_id, "created": _iso(now), "description": description, "tags": dict(tags),
-            "state": ENABLED, "usage": "ENCRYPT_DECRYPT", "kind": kind, "current_version": 1,
-            "versions": {"1": {"created": _iso(now), **self._seal_material(doc, key_id, 1, os.urandom(KEY_BYTES))}},
-            "rotation": {"enabled": False},
-        }
-        if rotation_days is not None:
-            rec["rotation"] = {"enabled": True, "period_days": rotation_days, "next": _iso(now + rotation_days * DAY)}
-        return rec
-
     def create_key(
         self,
         *,
@@ -408,14 +253,14 @@ class LocalKeystore:
             raise ConfigurationError(f"description longer than {MAX_DESCRIPTION} characters")
         tags = check_tags(tags or {})
         if rotation_days is not None:
-            _check_rotation_days(rotation_days)
+            check_rotation_days(rotation_days)
         key_id = "lk-" + secrets.token_hex(16)
 
         def change(doc: dict[str, Any]) -> str:
             if alias and alias in doc["aliases"]:
                 raise ConfigurationError(f"alias {alias!r} already exists")
-            doc["keys"][key_id] = self._new_record(doc, key_id, description=description, tags=tags, kind=kind,
-                                                   rotation_days=rotation_days)
+            doc["keys"][key_id] = lifecycle.new_record(key_id, self.clock(), self._seal(doc), description=description,
+                                                       tags=tags, kind=kind, rotation_days=rotation_days)
             if alias:
                 doc["aliases"][alias] = key_id
             return key_id
@@ -434,8 +279,8 @@ class LocalKeystore:
             if existing and existing in doc["keys"]:
                 return existing  # another process won the race: use its key
             new_id = "lk-" + secrets.token_hex(16)
-            doc["keys"][new_id] = self._new_record(doc, new_id, description=description, tags={}, kind=MANAGED,
-                                                   rotation_days=DEFAULT_ROTATION_DAYS)
+            doc["keys"][new_id] = lifecycle.new_record(new_id, self.clock(), self._seal(doc), description=description,
+                                                       tags={}, kind=MANAGED, rotation_days=DEFAULT_ROTATION_DAYS)
             doc["aliases"][alias] = new_id
             created.append(new_id)
             return new_id
@@ -458,7 +303,7 @@ class LocalKeystore:
         alias = normalize_alias(MANAGED_PREFIX + name)
         return self._ensure_managed(alias, f"encfs-managed key for {name}")
 
-    # -- state transitions -----------------------------------------------------
+    # -- state transitions (lifecycle.py) -------------------------------------------
     def _change_key(self, key_id: str, fn: Callable[[dict[str, Any], dict[str, Any]], Any]) -> Any:
         def change(doc: dict[str, Any]) -> Any:
             rec = doc["keys"].get(key_id)
@@ -470,25 +315,15 @@ class LocalKeystore:
 
     @staticmethod
     def _refuse(rec: dict[str, Any], op: str) -> None:
-        raise KeyStateError(f"local key {rec['id']} is {rec['state']}: cannot {op}", key=_uri(rec["id"]), operation=op)
+        lifecycle.refuse(rec, op)
 
     def enable(self, key_id: str) -> None:
         """Disabled → Enabled (Enabled stays Enabled)."""
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
-            if rec["state"] == PENDING_DELETION:
-                self._refuse(rec, "enable (cancel the deletion first)")
-            rec["state"] = ENABLED
-
-        self._change_key(key_id, fn)
+        self._change_key(key_id, lambda doc, rec: lifecycle.enable(rec))
 
     def disable(self, key_id: str) -> None:
         """Enabled → Disabled (Disabled stays Disabled)."""
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
-            if rec["state"] == PENDING_DELETION:
-                self._refuse(rec, "disable")
-            rec["state"] = DISABLED
-
-        self._change_key(key_id, fn)
+        self._change_key(key_id, lambda doc, rec: lifecycle.disable(rec))
 
     def set_state(self, key_id: str, state: str) -> None:
         """Enable or disable (kept for callers of the first API)."""
@@ -501,66 +336,24 @@ class LocalKeystore:
 
     def schedule_deletion(self, key_id: str, days: int = DEFAULT_DELETION_DAYS) -> str:
         """Enabled/Disabled → PendingDeletion; returns the deletion date."""
-        if not isinstance(days, int) or not MIN_DELETION_DAYS <= days <= MAX_DELETION_DAYS:
-            raise ConfigurationError(f"deletion waiting period must be {MIN_DELETION_DAYS}..{MAX_DELETION_DAYS} days")
-
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> str:
-            if rec["state"] == PENDING_DELETION:
-                self._refuse(rec, "schedule deletion (already scheduled)")
-            if rec.get("kind") == MANAGED:
-                raise ConfigurationError(f"local key {key_id} is encfs-managed and cannot be deleted")
-            rec["state"] = PENDING_DELETION
-            rec["deletion_date"] = _iso(self.clock() + days * DAY)
-            return rec["deletion_date"]
-
-        return self._change_key(key_id, fn)
+        lifecycle.check_deletion_days(days)
+        return self._change_key(key_id, lambda doc, rec: lifecycle.schedule_deletion(rec, self.clock(), days))
 
     def cancel_deletion(self, key_id: str) -> None:
         """PendingDeletion → Disabled (as in KMS: re-enable explicitly)."""
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
-            if rec["state"] != PENDING_DELETION:
-                self._refuse(rec, "cancel deletion (no deletion is scheduled)")
-            rec["state"] = DISABLED
-            rec.pop("deletion_date", None)
+        self._change_key(key_id, lambda doc, rec: lifecycle.cancel_deletion(rec))
 
-        self._change_key(key_id, fn)
-
-    # -- rotation ------------------------------------------------------------------
     def rotate(self, key_id: str) -> int:
         """On-demand rotation: a new version from the CSPRNG becomes current.
         Old versions keep unwrapping."""
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> int:
-            if rec["state"] != ENABLED:
-                self._refuse(rec, "rotate")
-            now = self.clock()
-            v = self._add_version(doc, rec, now)
-            rot = rec.setdefault("rotation", {"enabled": False})
-            rot["last"] = _iso(now)
-            return v
-
-        return self._change_key(key_id, fn)
+        return self._change_key(key_id, lambda doc, rec: lifecycle.rotate(rec, self.clock(), self._seal(doc)))
 
     def enable_rotation(self, key_id: str, period_days: int = DEFAULT_ROTATION_DAYS) -> None:
-        _check_rotation_days(period_days)
-
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
-            if rec["state"] != ENABLED:
-                self._refuse(rec, "enable automatic rotation")
-            rot = rec.setdefault("rotation", {})
-            rot.update(enabled=True, period_days=period_days, next=_iso(self.clock() + period_days * DAY))
-
-        self._change_key(key_id, fn)
+        check_rotation_days(period_days)
+        self._change_key(key_id, lambda doc, rec: lifecycle.enable_rotation(rec, self.clock(), period_days))
 
     def disable_rotation(self, key_id: str) -> None:
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
-            if rec["state"] == PENDING_DELETION:
-                self._refuse(rec, "disable automatic rotation")
-            if rec.get("kind") == MANAGED:
-                raise ConfigurationError(f"local key {key_id} is encfs-managed: its rotation cannot be turned off")
-            rec["rotation"] = {k: v for k, v in (rec.get("rotation") or {}).items() if k == "last"}
-            rec["rotation"]["enabled"] = False
-
-        self._change_key(key_id, fn)
+        self._change_key(key_id, lambda doc, rec: lifecycle.disable_rotation(rec))
 
     # -- metadata --------------------------------------------------------------------
     def _alias_target(self, doc: dict[str, Any], key_id: str) -> None:
@@ -568,7 +361,7 @@ class LocalKeystore:
         if rec is None:
             self._not_found(doc, key_id)
         if rec["state"] == PENDING_DELETION:
-            self._refuse(rec, "take an alias")
+            lifecycle.refuse(rec, "take an alias")
 
     def create_alias(self, alias: str, key_id: str) -> None:
         alias = normalize_alias(alias)
@@ -620,7 +413,7 @@ class LocalKeystore:
 
         def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
             if rec["state"] == PENDING_DELETION:
-                self._refuse(rec, "tag")
+                lifecycle.refuse(rec, "tag")
             merged = {**rec.get("tags", {}), **tags}
             if len(merged) > MAX_TAGS:
                 raise ConfigurationError(f"a key holds at most {MAX_TAGS} tags")
@@ -631,7 +424,7 @@ class LocalKeystore:
     def untag(self, key_id: str, names: list[str]) -> None:
         def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
             if rec["state"] == PENDING_DELETION:
-                self._refuse(rec, "untag")
+                lifecycle.refuse(rec, "untag")
             for name in names:
                 rec.get("tags", {}).pop(name, None)
 
@@ -643,12 +436,12 @@ class LocalKeystore:
 
         def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
             if rec["state"] == PENDING_DELETION:
-                self._refuse(rec, "change its description")
+                lifecycle.refuse(rec, "change its description")
             rec["description"] = description
 
         self._change_key(key_id, fn)
 
-    # -- export / import -------------------------------------------------------------
+    # -- export / import (transfer.py seals bundles; importer.py merges them) ---------
     def export_records(self, key_ids: list[str] | None = None) -> dict[str, Any]:
         """Keys (with *unsealed* material) and their aliases, for
         :mod:`encfs.keystore.transfer` to seal under an export passphrase."""
@@ -668,50 +461,25 @@ class LocalKeystore:
         aliases = {a: k for a, k in doc["aliases"].items() if k in keys}
         return {"keys": keys, "aliases": aliases}
 
-    def import_records(self, bundle: Mapping[str, Any]) -> dict[str, list[str]]:
-        """Merge exported keys: new keys are added, known keys gain missing
-        versions (same material required), aliases are added unless taken
-        by another key.  Returns what happened, for the report."""
-        report: dict[str, list[str]] = {"added": [], "merged": [], "unchanged": [], "alias_conflicts": []}
+    def import_records(self, bundle: Mapping[str, Any], *, add_versions: bool = False,
+                       make_current: bool = False) -> dict[str, Any]:
+        """Merge exported keys (rules in importer.py): new keys are added;
+        known keys gain missing versions only with ``add_versions``, and
+        their current version changes only with ``make_current``.  Returns
+        what was added and refused, for the report."""
+        try:
+            records = check_bundle_records(bundle)
+        except SchemaError as exc:
+            raise KeystoreError(f"malformed key import bundle ({exc})") from None
 
-        def change(doc: dict[str, Any]) -> dict[str, list[str]]:
-            for key_id, rec in bundle["keys"].items():
-                if not isinstance(key_id, str) or not key_id.startswith("lk-") or rec.get("id") != key_id:
-                    raise KeystoreError(f"import bundle holds a malformed key entry {key_id!r}")
-                mine = doc["keys"].get(key_id)
-                versions = {}
-                for v, e in rec["versions"].items():
-                    versions[v] = {"created": e.get("created", ""),
-                                   **self._seal_material(doc, key_id, int(v), b64d(e["material"]))}
-                if mine is None:
-                    new = {k: v for k, v in rec.items() if k != "versions"}
-                    new["versions"] = versions
-                    doc["keys"][key_id] = new
-                    doc["deleted"].pop(key_id, None)
-                    report["added"].append(key_id)
-                    continue
-                added = False
-                for v, e in rec["versions"].items():
-                    if v in mine["versions"]:
-                        if self._open_material(doc, key_id, int(v), mine["versions"][v]) != b64d(e["material"]):
-                            raise KeystoreError(f"import conflict: key {key_id} version {v} differs from the local one")
-                    else:
-                        mine["versions"][v] = versions[v]
-                        added = True
-                if added:
-                    mine["current_version"] = max(int(x) for x in mine["versions"])
-                report["merged" if added else "unchanged"].append(key_id)
-            for alias, key_id in bundle.get("aliases", {}).items():
-                have = doc["aliases"].get(alias)
-                if have is None:
-                    doc["aliases"][alias] = key_id
-                elif have != key_id:
-                    report["alias_conflicts"].append(alias)
-            return report
+        def change(doc: dict[str, Any]) -> dict[str, Any]:
+            return merge_records(
+                doc, records, seal=self._seal(doc),
+                open_material=lambda key_id, v, entry: self._open_material(doc, key_id, v, entry),
+                add_versions=add_versions, make_current=make_current)
 
         return self._update(change)
 
 
-def _check_rotation_days(days: int) -> None:
-    if not isinstance(days, int) or not MIN_ROTATION_DAYS <= days <= MAX_ROTATION_DAYS:
-        raise ConfigurationError(f"rotation period must be {MIN_ROTATION_DAYS}..{MAX_ROTATION_DAYS} days")
+def _check_rotation_days(days: int) -> None:  # kept for callers of the first store.py
+    check_rotation_days(days)

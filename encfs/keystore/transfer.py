@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ..errors import KeystoreError
+from .schema import SchemaError, check_bundle_records, check_sealing
 from .sealing import PASSPHRASE_ENV, b64d, b64e
 
 EXPORT_FORMAT = "encfs-key-export/1"
@@ -48,10 +49,12 @@ def export_passphrase(*, confirm: bool) -> str:
     raise KeystoreError(f"an export passphrase is needed: set {EXPORT_PASSPHRASE_ENV} or run interactively")
 
 
-def _key(passphrase: str, kdf: dict[str, Any]) -> AESGCM:
-    n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-    if kdf.get("kdf") != "scrypt" or not (2**10 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16):
-        raise KeystoreError("export bundle has unsupported key-derivation parameters")
+def _key(passphrase: str, kdf: Any) -> AESGCM:
+    try:
+        check_sealing({**kdf, "check": b64e(bytes(28))}, "kdf")  # same bounds as a sealed keystore's
+    except (SchemaError, TypeError):
+        raise KeystoreError("export bundle has unsupported key-derivation parameters") from None
+    n, r, p = kdf["n"], kdf["r"], kdf["p"]
     return AESGCM(Scrypt(salt=b64d(kdf["salt"]), length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8")))
 
 
@@ -73,23 +76,35 @@ def seal_bundle(records: dict[str, Any], passphrase: str, *, n: int = SCRYPT_N) 
 
 
 def open_bundle(data: bytes, passphrase: str) -> dict[str, Any]:
+    """The checked records of a bundle; every problem is a KeystoreError."""
     if len(data) > MAX_BUNDLE:
         raise KeystoreError("export bundle is too large")
     try:
         doc = json.loads(data.decode("utf-8"))
-        if doc.get("format") != EXPORT_FORMAT:
-            raise KeystoreError(f"not an encfs key export (format {doc.get('format')!r})")
-        aead = _key(passphrase, doc["kdf"])
-        nonce, ct, key_ids = b64d(doc["nonce"]), b64d(doc["ciphertext"]), list(doc["keys"])
-    except KeystoreError:
-        raise
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise KeystoreError("malformed encfs key export (not JSON)") from None
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
+        what = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise KeystoreError(f"not an encfs key export (format {str(what)[:80]!r})")
+    key_ids = doc.get("keys")
+    if not isinstance(doc.get("kdf"), dict) or not isinstance(key_ids, list) or not all(
+            isinstance(k, str) for k in key_ids):
+        raise KeystoreError("malformed encfs key export")
+    aead = _key(passphrase, doc["kdf"])
+    try:
+        nonce, ct = b64d(doc["nonce"]), b64d(doc["ciphertext"])
+        if len(nonce) != 12:
+            raise ValueError("nonce")
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise KeystoreError("malformed encfs key export") from None
     try:
         plaintext = aead.decrypt(nonce, ct, _aad(key_ids))
     except InvalidTag:
         raise KeystoreError("cannot open the key export: wrong passphrase or tampered file") from None
-    records = json.loads(plaintext.decode("utf-8"))
-    if sorted(records.get("keys", {})) != key_ids:
-        raise KeystoreError("malformed encfs key export")
+    try:
+        records = check_bundle_records(json.loads(plaintext.decode("utf-8")))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # SchemaError is a ValueError
+        raise KeystoreError(f"malformed encfs key export ({str(exc)[:200]})") from None
+    if sorted(records["keys"]) != key_ids:
+        raise KeystoreError("malformed encfs key export (key list differs from its content)")
     return records
