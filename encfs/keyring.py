@@ -58,6 +58,10 @@ class Keyring:
             raise ConfigurationError("at least one root key is needed")
         self.write_refs = [KeyRef.parse(k) for k in keys]
         self.read_refs = self.write_refs + [KeyRef.parse(k) for k in (decrypt_keys or [])]
+        #: Key services a read may consult: only those a configured key names.
+        #: An entry of any other service is skipped before its provider is
+        #: even built (no keystore opened, no passphrase prompt, no client).
+        self.read_schemes = frozenset(r.scheme for r in self.read_refs)
         self._options = {k: dict(v) for k, v in (provider_options or {}).items()}
         self._providers: dict[str, KeyProvider] = dict(providers or {})
         #: Providers this keyring created itself (re-created after a fork).
@@ -214,15 +218,16 @@ class Keyring:
                         return dek, keys
                     integrity = True
         for i, entry in enumerate(header.wrapped_keys):
+            if entry.provider not in self.read_schemes:
+                # A service this filesystem was not configured with (a planted
+                # entry, or one for other readers): never consulted, so it
+                # costs nothing but a skipped entry (docs/SECURITY.md).
+                continue
             try:
                 provider = self.provider(entry.provider)
             except ConfigurationError as exc:
-                # A scheme this filesystem was not configured with is simply
-                # not usable (a damaged entry, or a service this reader does
-                # not use): NoUsableKeyError below says so.  Only a configured
-                # scheme that cannot load (e.g. its SDK is missing) is reported.
-                if any(r.scheme == entry.provider for r in self.read_refs):
-                    key_error = key_error or exc
+                # A configured scheme that cannot load (e.g. its SDK is missing).
+                key_error = key_error or exc
                 continue
             try:
                 if not provider.allows(entry, self.read_refs):
@@ -263,6 +268,14 @@ class Keyring:
             f"no root key this filesystem may use can unwrap {path or 'the object'}; it is wrapped under: {names}",
             operation="unwrap",
         )
+
+    def allows(self, entry: WrappedKey) -> bool:
+        """Whether a read may use ``entry``: its service is configured and
+        the provider's allow-list admits its key (the rule of :meth:`unwrap`,
+        which rewrap obeys too)."""
+        if entry.provider not in self.read_schemes:
+            return False
+        return self.provider(entry.provider).allows(entry, self.read_refs)
 
     def _unwrap(self, provider: KeyProvider, entry: WrappedKey, ctx: dict[str, str]) -> bytes:
         self._count("unwrap_calls")

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import constant_time
 
 from .errors import EncfsError, FormatError, IntegrityError, NoUsableKeyError
 from .format import HEADER_REGION, PATH_KEY, Header, ObjectKeys, WrappedKey, parse_header, replace_wrapped_keys
-from .keyring import Keyring, service_context
+from .keyring import service_context
 from .providers import KeyRef
 from .sinks import TEMP_MARK, open_sink
 
@@ -122,34 +122,31 @@ class Rewrapper:
             self._targets[ref] = target
         return target
 
-    def _refs_for(self, header: Header) -> list[KeyRef]:
+    def _split(self, header: Header) -> tuple[list[WrappedKey], list[WrappedKey]]:
+        """(entries this filesystem may use, entries it may not).
+
+        Rewrap obeys the read allow-list (docs/SECURITY.md): an entry of a
+        key nobody configured is never sent to its service, not even to
+        describe the key; in "current version" mode it is kept verbatim."""
+        if self.to_refs is not None:
+            return list(header.wrapped_keys), []
+        usable, other = [], []
+        for w in header.wrapped_keys:
+            (usable if self.efs.keyring.allows(w) else other).append(w)
+        return usable, other
+
+    def _refs_for(self, usable: list[WrappedKey]) -> list[KeyRef]:
         if self.to_refs is not None:
             return self.to_refs
-        # "Current version" mode: the same root keys the object already uses.
-        return _dedup(KeyRef(w.provider, w.key_id) for w in header.wrapped_keys)
+        # "Current version" mode: the same (allowed) root keys the object uses.
+        return _dedup(KeyRef(w.provider, w.key_id) for w in usable)
 
     # -- one object ----------------------------------------------------------------
     def _unwrap(self, header: Header, path: str) -> tuple[bytes, ObjectKeys]:
-        keyring = self.efs.keyring
-        try:
-            return keyring.unwrap(header, path)
-        except NoUsableKeyError:
-            # Re-wrapping under *other* keys vouches for the object: only a
-            # key on this filesystem's allow-list may do that, or an object
-            # forged under a key the attacker controls would be blessed.
-            if self.to_refs is not None:
-                raise
-        # An administrator rewrapping objects may use the keys the object
-        # names even if this filesystem's allow-list does not: the key
-        # service still decides, and the commitment check still applies.
-        refs = [f"{w.provider}://{w.key_id}" for w in header.wrapped_keys]
-        providers = {}
-        for w in header.wrapped_keys:
-            try:
-                providers[w.provider] = keyring.provider(w.provider)
-            except EncfsError:
-                continue
-        return Keyring(refs, providers=providers, cache=False).unwrap(header, path)
+        # Only keys on this filesystem's allow-list: re-wrapping vouches for
+        # the object, and an object forged under a key the attacker controls
+        # must not be blessed (nor that key's service contacted).
+        return self.efs.keyring.unwrap(header, path)
 
     def rewrap_object(self, tpath: str) -> RewrapResult:
         """Rewrap one object given by its target path."""
@@ -164,16 +161,23 @@ class Rewrapper:
         except (EncfsError, OSError) as exc:
             return RewrapResult(tpath, FAILED, error=_text(exc))
         before = [_entry_name(w) for w in header.wrapped_keys]
-        refs = self._refs_for(header)
-        existing = [(w.provider, w.key_id, w.version) for w in header.wrapped_keys]
+        try:
+            usable, kept = self._split(header)
+        except (EncfsError, OSError) as exc:
+            return RewrapResult(tpath, FAILED, before, error=_text(exc))
+        if not usable:
+            return RewrapResult(tpath, FAILED, before, error=_text(NoUsableKeyError(
+                f"no root key this filesystem may use wraps {tpath}", operation="rewrap")))
+        refs = self._refs_for(usable)
+        existing = [(w.provider, w.key_id, w.version) for w in usable]
         wanted = [self._target(r) for r in refs]
-        if all(wanted) and wanted == existing:
+        if all(wanted) and wanted == existing and (self.to_refs is not None or header.wrapped_keys[:len(usable)] == usable):
             return RewrapResult(tpath, UP_TO_DATE, before, before)
         if self.dry_run:
             after = [f"{t[0]}://{t[1]}#v{t[2]}" if t else str(r) for t, r in zip(wanted, refs)]
-            return RewrapResult(tpath, WOULD_REWRAP, before, after)
+            return RewrapResult(tpath, WOULD_REWRAP, before, after + [_entry_name(w) for w in kept])
         try:
-            result = self._rewrite(tpath, region, header, refs, before)
+            result = self._rewrite(tpath, region, header, refs, before, usable, kept)
         except (EncfsError, OSError) as exc:
             result = RewrapResult(tpath, FAILED, before, error=_text(exc))
         if result.status != UP_TO_DATE and self.audit_log is not None:
@@ -184,15 +188,16 @@ class Rewrapper:
             )
         return result
 
-    def _check_entries(self, header: Header, dek: bytes, tpath: str) -> None:
+    def _check_entries(self, entries: list[WrappedKey], header: Header, dek: bytes, tpath: str) -> None:
         """In "current version" mode the root keys to wrap under come from the
         wrapped-key section, which the header MAC does not cover: anyone who
         can write to the store could append an entry naming a key they can
         decrypt with, and a rewrap would hand them the data key.  So every
-        entry must unwrap to this object's data key before its key is used."""
+        allowed entry must unwrap to this object's data key before its key
+        is used (entries of other keys are never contacted: kept verbatim)."""
         keyring = self.efs.keyring
         ctx = service_context(header.context)
-        for entry in header.wrapped_keys:
+        for entry in entries:
             try:
                 got = keyring._unwrap(keyring.provider(entry.provider), entry, ctx)
             except IntegrityError:
@@ -200,7 +205,8 @@ class Rewrapper:
             if not constant_time.bytes_eq(got, dek):
                 raise IntegrityError(tpath)
 
-    def _rewrite(self, tpath: str, region: bytes, header: Header, refs: list[KeyRef], before: list[str]) -> RewrapResult:
+    def _rewrite(self, tpath: str, region: bytes, header: Header, refs: list[KeyRef], before: list[str],
+                 usable: list[WrappedKey], kept: list[WrappedKey]) -> RewrapResult:
         target = self.efs.fs
         size = int(target.size(tpath))
         dek, keys = self._unwrap(header, tpath)
@@ -208,9 +214,10 @@ class Rewrapper:
             header.verify(keys, tpath)  # never re-bless a tampered header
             if self.efs.bind_path and header.context.get(PATH_KEY) != self.efs._bound_path(tpath):
                 raise IntegrityError(tpath)
+            self.efs._check_context(header, tpath)
             if self.to_refs is None:
-                self._check_entries(header, dek, tpath)
-            new = self.efs.keyring.rewrap(dek, header.context, refs)
+                self._check_entries(usable, header, dek, tpath)
+            new = self.efs.keyring.rewrap(dek, header.context, refs) + kept
         finally:
             del dek, keys
         after = [_entry_name(w) for w in new]

@@ -18,6 +18,7 @@ from encfs.cli.util import printable
 from encfs.errors import (
     ContextMismatchError,
     IntegrityError,
+    NoUsableKeyError,
     NotRegularFileError,
     UnsafePathError,
 )
@@ -280,3 +281,122 @@ def test_decrypting_copy_stages_next_to_destination(tmp_path, monkeypatch, encfs
     with pytest.raises(IntegrityError):
         copying.copy_file(efs, src, plain, str(out_dir / "broken.bin"))
     assert os.listdir(out_dir) == ["plain.bin"] and not os.listdir(tmpdir)
+
+
+# -- findings 5, 6, 7: only configured keys and services are consulted ---------------------------------
+KMS_REGION = "us-east-1"
+KMS_ACCOUNT = "123456789012"  # moto's default account
+
+
+@pytest.fixture
+def kms_moto(monkeypatch):
+    from moto import mock_aws
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": KMS_REGION}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        import boto3
+
+        client = boto3.client("kms", region_name=KMS_REGION)
+
+        def new_key(alias: str) -> str:
+            arn = client.create_key()["KeyMetadata"]["Arn"]
+            client.create_alias(AliasName=f"alias/{alias}", TargetKeyId=arn)
+            return arn
+
+        yield new_key
+
+
+def _kms_efs(memfs, key, **provider_opts):
+    return EncryptedFileSystem(fs=memfs, key=key, cache=False, skip_instance_cache=True,
+                               providers={"aws-kms": {"region_name": KMS_REGION, **provider_opts}})
+
+
+def _record(provider, region=None) -> list[tuple[str, dict]]:
+    calls: list[tuple[str, dict]] = []
+    provider._client(region).meta.events.register(
+        "provide-client-params.kms.*", lambda params, model, **_: calls.append((model.name, dict(params))))
+    return calls
+
+
+def _mentions(calls, arn: str) -> list[str]:
+    key_id = arn.rsplit("/", 1)[-1]
+    return [name for name, params in calls if any(key_id in str(v) for v in params.values())]
+
+
+def test_rewrap_never_contacts_unconfigured_keys(kms_moto, memfs, encfs_home):
+    from encfs.rewrap import FAILED, UP_TO_DATE, rewrap
+
+    kms_moto("owner")
+    foreign = kms_moto("foreign")
+    _kms_efs(memfs, "aws-kms://alias/owner").pipe_file("/lake/ok", b"ok")
+    _kms_efs(memfs, "aws-kms://alias/foreign").pipe_file("/lake/foreign-only", b"forged")
+    # A planted entry for the unconfigured key, in front of the valid one.
+    owner_fs = _kms_efs(memfs, "aws-kms://alias/owner")
+    raw = memfs.cat_file("/lake/ok")
+    header = parse_header(raw[:HEADER_REGION])
+    planted = WrappedKey("aws-kms", foreign, "", os.urandom(64))
+    memfs.pipe_file("/lake/ok", replace_wrapped_keys(raw[:HEADER_REGION], header,
+                                                     [planted, *header.wrapped_keys]) + raw[HEADER_REGION:])
+    calls = _record(owner_fs.keyring.provider("aws-kms"))
+    report = rewrap(owner_fs, "/lake", jobs=1)
+    by_path = {r.path: r for r in report.results}
+    assert by_path["/lake/foreign-only"].status == FAILED
+    assert by_path["/lake/ok"].status != FAILED, by_path["/lake/ok"].error
+    assert _mentions(calls, foreign) == []  # no DescribeKey, ListAliases, ..., Decrypt, Encrypt
+    assert calls  # the configured key was used
+    after = parse_header(memfs.cat_file("/lake/ok")[:HEADER_REGION])
+    assert planted in after.wrapped_keys  # kept verbatim, never vouched for
+    assert owner_fs.cat_file("/lake/ok") == b"ok"
+    assert rewrap(owner_fs, "/lake/ok").results[0].status == UP_TO_DATE
+    assert _mentions(calls, foreign) == []
+
+
+def test_kms_only_reader_never_touches_the_local_keystore(kms_moto, memfs, encfs_home):
+    kms_moto("lake")
+    reader = _kms_efs(memfs, "aws-kms://alias/lake")
+    reader.pipe_file("/o", b"kms data")
+    EncryptedFileSystem(fs=memfs, skip_instance_cache=True).pipe_file("/local-only", b"local data")
+    raw = memfs.cat_file("/o")
+    header = parse_header(raw[:HEADER_REGION])
+    planted = WrappedKey("local", "k-planted", "1", os.urandom(60))
+    memfs.pipe_file("/o", replace_wrapped_keys(raw[:HEADER_REGION], header,
+                                               [planted, *header.wrapped_keys]) + raw[HEADER_REGION:])
+    # A keystore that cannot be opened: touching it would raise KeystoreError
+    # (or, sealed, prompt for a passphrase on a terminal).
+    for name in os.listdir(encfs_home):
+        if name.endswith(".json"):
+            (encfs_home / name).write_text("{ not json")
+    fresh = _kms_efs(memfs, "aws-kms://alias/lake")
+    assert fresh.cat_file("/o") == b"kms data"
+    with pytest.raises(NoUsableKeyError):
+        fresh.cat_file("/local-only")  # no fallback to the local keystore
+    assert "local" not in fresh.keyring._providers
+
+
+def test_discovery_never_opens_clients_in_regions_objects_name(kms_moto, memfs, encfs_home):
+    from encfs.providers import aws_kms
+
+    kms_moto("a")
+    kms_moto("b")
+    _kms_efs(memfs, "aws-kms://alias/a").pipe_file("/x", b"data")
+    raw = memfs.cat_file("/x")
+    header = parse_header(raw[:HEADER_REGION])
+    for i in range(40):
+        arn = f"arn:aws:kms:zz-planted-{i}:{KMS_ACCOUNT}:key/{i:08d}-0000-0000-0000-000000000000"
+        entries = [WrappedKey("aws-kms", arn, "", os.urandom(64)), *header.wrapped_keys]
+        memfs.pipe_file(f"/p/{i}", replace_wrapped_keys(raw[:HEADER_REGION], header, entries) + raw[HEADER_REGION:])
+    reader = _kms_efs(memfs, "aws-kms://alias/b", discovery=True, discovery_accounts=[KMS_ACCOUNT])
+    provider = reader.keyring.provider("aws-kms")
+    for i in range(40):
+        with pytest.raises(IntegrityError):  # bound to /x; what matters is which clients exist
+            reader.cat_file(f"/p/{i}")
+    assert list(provider._clients) == [KMS_REGION]
+    # The cache itself is bounded whatever regions the configuration names.
+    wide = aws_kms.AwsKmsProvider(region_name=KMS_REGION, discovery=True, discovery_accounts=[KMS_ACCOUNT],
+                                  discovery_regions=[f"zz-{i}" for i in range(40)])
+    for i in range(40):
+        wide._client(f"zz-{i}")
+    assert len(wide._clients) <= aws_kms.MAX_CLIENTS

@@ -22,6 +22,9 @@ def _uri(key: str) -> str:
 @click.option("--to", "to", multiple=True, metavar="KEY",
               help="Wrap under this root key instead (id, alias or URI; repeatable). "
                    "Default: each object's own keys at their current version.")
+@click.option("-k", "--key", "keys", multiple=True, metavar="URI", envvar="ENCFS_KEY",
+              help="Root key whose wrapped entries may be unwrapped and rewrapped (repeatable; env ENCFS_KEY; "
+                   "default local://default).  Entries of keys not named here are never sent to their service.")
 @click.option("-n", "--dry-run", is_flag=True, help="Only report what would be rewrapped.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=8, show_default=True, help="Parallel threads.")
 @click.option("--progress/--no-progress", default=None,
@@ -31,7 +34,7 @@ def _uri(key: str) -> str:
 @click.option("-o", "--option", "options", multiple=True, metavar="PROTO.NAME=VALUE",
               help="Storage option, e.g. s3.endpoint_url=http://127.0.0.1:5000; key-service options go in "
                    "enc.providers='{\"aws-kms\": {\"region_name\": \"eu-west-1\"}}'.")
-def rewrap_cmd(paths: tuple[str, ...], to: tuple[str, ...], dry_run: bool, jobs: int, progress: bool | None,
+def rewrap_cmd(paths: tuple[str, ...], to: tuple[str, ...], keys: tuple[str, ...], dry_run: bool, jobs: int, progress: bool | None,
                verbose: bool, keystore: str | None, options: tuple[str, ...]) -> None:
     """Re-wrap the data keys of encrypted objects (recursively) without re-encrypting them.
 
@@ -44,10 +47,13 @@ def rewrap_cmd(paths: tuple[str, ...], to: tuple[str, ...], dry_run: bool, jobs:
     """
     opts = parse_options(options)
     targets = [_uri(k) for k in to]
+    # The allow-list of reads (docs/SECURITY.md): the --key keys, plus the
+    # --to keys (a rewrap may read what it has already rewrapped).
+    allowed = list(dict.fromkeys([*(_uri(k) for k in keys), *targets]))
     total = RewrapReport()
     show = sys.stderr.isatty() if progress is None else progress
     for url in paths:
-        fs, path = location(url, force_encrypted=True, keys=targets, keystore=keystore, options=opts).connect()
+        fs, path = location(url, force_encrypted=True, keys=allowed, keystore=keystore, options=opts).connect()
         if not isinstance(fs, EncryptedFileSystem):
             raise ConfigurationError(f"{url} is not an encrypted location")
         report = rewrap(fs, [path], to=targets or None, dry_run=dry_run, jobs=jobs, progress=show)

@@ -30,6 +30,7 @@ import random
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -45,6 +46,9 @@ from ..errors import (
 )
 from ..format import DEK_BYTES, WrappedKey
 from .base import KeyInfo, KeyProvider, KeyRef
+
+#: Most KMS clients one provider keeps (one per region it was asked to use).
+MAX_CLIENTS = 8
 
 _KEY_ARN = re.compile(r"^arn:(?P<partition>aws[a-z-]*):kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):key/(?P<id>[A-Za-z0-9-]+)$")
 _ALIAS_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:alias/.+$")
@@ -153,9 +157,12 @@ class AwsKmsProvider(KeyProvider):
     region_name, profile_name, endpoint_url:
         Where and as whom to call KMS (boto3 default chain otherwise).
         Entries are always decrypted in the region named by their ARN.
-    discovery, discovery_accounts, discovery_key_arns, discovery_partition:
+    discovery, discovery_accounts, discovery_key_arns, discovery_partition, discovery_regions:
         Discovery mode: also unwrap entries of keys not configured on the
-        filesystem, but only those whose ARN is listed or whose account is.
+        filesystem, but only those whose ARN is listed or whose account is,
+        and whose region is ``region_name``, one of ``discovery_regions`` or
+        the region of a listed ARN: an object must not choose where (and in
+        how many regions) encfs opens KMS clients.
     max_attempts, backoff_base, backoff_max:
         Attempts per call on throttling or transient faults, with full-jitter
         exponential backoff.
@@ -180,6 +187,7 @@ class AwsKmsProvider(KeyProvider):
         discovery_accounts: Iterable[str] | None = None,
         discovery_key_arns: Iterable[str] | None = None,
         discovery_partition: str = "aws",
+        discovery_regions: Iterable[str] | None = None,
         max_attempts: int = 5,
         backoff_base: float = 0.05,
         backoff_max: float = 2.0,
@@ -207,8 +215,15 @@ class AwsKmsProvider(KeyProvider):
             # Unfiltered discovery would decrypt with any key the credentials
             # reach, including one an attacker planted an entry for.
             raise ConfigurationError("discovery mode needs discovery_accounts or discovery_key_arns")
-        if not self.discovery and (self.discovery_accounts or self.discovery_key_arns):
-            raise ConfigurationError("discovery_accounts/discovery_key_arns need discovery=True")
+        if not self.discovery and (self.discovery_accounts or self.discovery_key_arns or discovery_regions):
+            raise ConfigurationError("discovery_accounts/discovery_key_arns/discovery_regions need discovery=True")
+        # Regions discovery may open clients in (finding 7 of issue 10): the
+        # configured ones only, never one an object names.
+        self.discovery_regions = frozenset(
+            {str(r) for r in (discovery_regions or ())}
+            | {parse_key_arn(a)["region"] for a in self.discovery_key_arns}  # type: ignore[index]
+            | ({region_name} if region_name else set())
+        )
         if int(max_attempts) < 1:
             raise ConfigurationError("max_attempts must be at least 1")
         self.max_attempts = int(max_attempts)
@@ -221,7 +236,9 @@ class AwsKmsProvider(KeyProvider):
         self._sleep = sleep or time.sleep
         self._injected = kms_client
         self._lock = threading.Lock()
-        self._clients: dict[str | None, Any] = {}
+        #: KMS clients per region, least recently used first; at most
+        #: MAX_CLIENTS (each holds a connection pool and parsed models).
+        self._clients: OrderedDict[str | None, Any] = OrderedDict()
         self._pid = os.getpid()
         self._resolved: dict[str, tuple[str, float]] = {}
 
@@ -246,6 +263,11 @@ class AwsKmsProvider(KeyProvider):
             client = self._clients.get(key)
             if client is None:
                 client = self._clients[key] = self._new_client(key)
+                while len(self._clients) > MAX_CLIENTS:
+                    # Dropped, not closed: another thread may be mid-call on it.
+                    self._clients.popitem(last=False)
+            else:
+                self._clients.move_to_end(key)
             return client
 
     def _new_client(self, region: str | None) -> Any:
@@ -418,7 +440,7 @@ class AwsKmsProvider(KeyProvider):
         parsed = parse_key_arn(wrapped.key_id)
         if parsed is None:
             return False
-        if self.discovery and (
+        if self.discovery and self._discovery_region(parsed["region"]) and (
             wrapped.key_id in self.discovery_key_arns
             or (parsed["partition"] == self.discovery_partition and parsed["account"] in self.discovery_accounts)
         ):
@@ -441,6 +463,15 @@ class AwsKmsProvider(KeyProvider):
             # rather than "no usable key".
             raise failure
         return False
+
+    def _discovery_region(self, region: str) -> bool:
+        """Whether discovery may call KMS in ``region``: a configured region,
+        or (none configured) the default client's own region."""
+        if self.discovery_regions:
+            return region in self.discovery_regions
+        if self._injected is not None:
+            return True  # one injected client serves every region anyway
+        return region == self._client(None).meta.region_name
 
     # -- description and administration ------------------------------------------------
     def describe(self, ref: KeyRef) -> KeyInfo:
