@@ -25,7 +25,7 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fsspec.spec import AbstractBufferedFile
 
@@ -240,6 +240,16 @@ class ObjectReader:
         return b"".join(parts)
 
 
+def _refuse(f: Any, what: str) -> NoReturn:
+    """Raise what Python's own files raise for a read on a write-only file or
+    a write on a read-only one: io.UnsupportedOperation, both an OSError and a
+    ValueError (so callers that caught fsspec's ValueError still do).  h5py
+    and other libraries probe files with these calls and go by the error."""
+    if f.closed:
+        raise ValueError("I/O operation on closed file")
+    raise io.UnsupportedOperation(f"{what}: encfs file {f.path!r} is open in mode {f.mode!r}")
+
+
 class EncryptedReadFile(AbstractBufferedFile):
     """A read-only fsspec file over :class:`ObjectReader` (seek, read, caches)."""
 
@@ -257,6 +267,12 @@ class EncryptedReadFile(AbstractBufferedFile):
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         return self.reader.read(start, end)
+
+    def write(self, data: Any) -> int:
+        _refuse(self, "not writable")
+
+    def truncate(self, size: int | None = None) -> int:
+        _refuse(self, "not writable")
 
     def read(self, length: int = -1) -> bytes:
         # Reads of at least a block bypass fsspec's cache: ObjectReader already
@@ -331,6 +347,27 @@ class EncryptedWriteFile(io.IOBase):
 
     def tell(self) -> int:
         return self._written
+
+    # Reads and seeks fail as on Python's own write-only, unseekable files
+    # (io.IOBase already does so for seek, truncate and fileno).
+    def read(self, size: int | None = -1) -> bytes:
+        _refuse(self, "not readable")
+
+    read1 = readall = peek = read
+
+    def readinto(self, buffer: Any) -> int:
+        _refuse(self, "not readable")
+
+    readinto1 = readinto
+
+    def readline(self, size: int | None = -1) -> bytes:
+        _refuse(self, "not readable")
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        _refuse(self, "not readable")
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        _refuse(self, "not seekable")
 
     def _seal(self, data: bytes | memoryview, final: bool) -> None:
         try:
