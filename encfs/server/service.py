@@ -290,14 +290,15 @@ class Service:
         if not self.min_deletion_days <= days <= 30:
             raise validation(f"PendingWindowInDays must be between {self.min_deletion_days} and 30")
         now = self.clock()
+        changed: list[KeyRecord] = []
 
         def change(key: KeyRecord) -> None:
             if key.state == PENDING_DELETION:
                 raise _key_state_error(key)
             key.state, key.deletion_date = PENDING_DELETION, now + days * DAY
+            changed.append(key)
         await self._set_state(call, "ScheduleKeyDeletion", change)
-        async with self.storage.transaction() as tx:
-            key = await self._resolve(tx, call.params["KeyId"])
+        key = changed[0]
         return {"KeyId": key.arn, "DeletionDate": key.deletion_date, "KeyState": key.state,
                 "PendingWindowInDays": days}
 

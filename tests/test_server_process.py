@@ -1,0 +1,186 @@
+"""The key server as a process: ``encfs server --config`` killed with
+SIGKILL and restarted keeps every key, alias, grant and policy; ``--dev``
+prints working export lines and shuts down cleanly; TLS; config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("aiohttp")
+boto3 = pytest.importorskip("boto3")
+from _kms_server import arn, client
+from botocore.exceptions import ClientError
+
+from encfs.server.config import new_access_key
+
+ENCFS = [sys.executable, "-m", "encfs.cli"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(endpoint: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(endpoint + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+def _write_config(tmp: Path, port: int, principals: dict[str, tuple[str, str]], extra: str = "") -> Path:
+    lines = [f'[server]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "data"\n{extra}',
+             f'[master_key]\ntype = "local"\nkeystore = "{tmp / "keystore"}"\n']
+    for name, (akid, secret) in principals.items():
+        actions = '["kms:*"]' if name == "admin" else "[]"
+        lines.append(f'[[principals]]\nname = "{name}"\naccess_key_id = "{akid}"\n'
+                     f'secret_access_key_env = "TEST_SECRET_{name.upper()}"\naccount_actions = {actions}\n')
+    path = tmp / "kms.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_sigkill_and_restart_keeps_every_key_grant_and_policy(tmp_path):
+    port = _free_port()
+    creds = {"admin": new_access_key(), "alice": new_access_key()}
+    env = {**os.environ, **{f"TEST_SECRET_{n.upper()}": c[1] for n, c in creds.items()}}
+    cfg_path = _write_config(tmp_path, port, creds)
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*ENCFS, "server", "--config", str(cfg_path)], env=env, stderr=subprocess.PIPE)
+    try:
+        _wait_healthy(endpoint, proc)
+        principals = {n: _P(n, *c) for n, c in creds.items()}
+        admin, alice = client(endpoint, principals["admin"]), client(endpoint, principals["alice"])
+        pol = json.dumps({"Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": arn("admin")}, "Action": "kms:*", "Resource": "*"},
+            {"Effect": "Allow", "Principal": {"AWS": arn("alice")}, "Action": "kms:Encrypt", "Resource": "*"}]})
+        key = admin.create_key(Policy=pol, Tags=[{"TagKey": "t", "TagValue": "v"}])["KeyMetadata"]["KeyId"]
+        admin.create_alias(AliasName="alias/durable", TargetKeyId=key)
+        admin.rotate_key_on_demand(KeyId=key)
+        grant = admin.create_grant(KeyId=key, GranteePrincipal=arn("alice"), Operations=["Decrypt"])
+        blob = alice.encrypt(KeyId="alias/durable", Plaintext=b"kept", EncryptionContext={"a": "1"})["CiphertextBlob"]
+        admin.disable_key_rotation(KeyId=key)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        proc = subprocess.Popen([*ENCFS, "server", "--config", str(cfg_path)], env=env, stderr=subprocess.PIPE)
+        _wait_healthy(endpoint, proc)
+        admin, alice = client(endpoint, principals["admin"]), client(endpoint, principals["alice"])
+        assert alice.decrypt(CiphertextBlob=blob, EncryptionContext={"a": "1"})["Plaintext"] == b"kept"
+        assert admin.describe_key(KeyId="alias/durable")["KeyMetadata"]["KeyId"] == key
+        assert json.loads(admin.get_key_policy(KeyId=key, PolicyName="default")["Policy"]) == json.loads(pol)
+        assert [g["GrantId"] for g in admin.list_grants(KeyId=key)["Grants"]] == [grant["GrantId"]]
+        assert admin.list_resource_tags(KeyId=key)["Tags"] == [{"TagKey": "t", "TagValue": "v"}]
+        assert len(admin.list_key_rotations(KeyId=key)["Rotations"]) == 1
+        with pytest.raises(ClientError):
+            alice.generate_data_key(KeyId=key, KeySpec="AES_256")  # still only what the policy says
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    db = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("kms.db*"))
+    assert creds["admin"][1].encode() not in db and creds["alice"][1].encode() not in db
+    out = subprocess.run([*ENCFS, "audit", "--log", str(tmp_path / "data" / "audit.log"), "verify"],
+                         check=False, capture_output=True, text=True)
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr
+
+
+class _P:
+    def __init__(self, name: str, akid: str, secret: str) -> None:
+        self.name, self.access_key_id, self.secret = name, akid, secret
+
+
+def test_dev_mode_prints_exports_and_stops_cleanly(tmp_path):
+    proc = subprocess.Popen([*ENCFS, "server", "--dev", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        exports = dict(proc.stdout.readline().strip().removeprefix("export ").split("=", 1) for _ in range(4))
+        assert set(exports) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                "AWS_ENDPOINT_URL_KMS"}
+        kms = boto3.client("kms", endpoint_url=exports["AWS_ENDPOINT_URL_KMS"],
+                           region_name=exports["AWS_DEFAULT_REGION"],
+                           aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
+                           aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"])
+        key = kms.create_key()["KeyMetadata"]["KeyId"]
+        dk = kms.generate_data_key(KeyId=key, KeySpec="AES_256")
+        assert kms.decrypt(CiphertextBlob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        err = proc.stderr.read()
+        assert exports["AWS_SECRET_ACCESS_KEY"] not in err  # logs carry no secret
+        assert '"event": "stopped"' in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_config_errors_are_one_line(tmp_path):
+    akid, secret = new_access_key()
+    cfg = _write_config(tmp_path, 8443, {"admin": (akid, secret)}).read_text().replace(
+        'host = "127.0.0.1"', 'host = "0.0.0.0"')
+    (tmp_path / "public.toml").write_text(cfg)
+    out = subprocess.run([*ENCFS, "server", "--config", str(tmp_path / "public.toml")], check=False, capture_output=True, text=True,
+                         env={**os.environ, "TEST_SECRET_ADMIN": secret})
+    assert out.returncode != 0 and out.stderr.strip().count("\n") == 0
+    assert "plain HTTP is only allowed on loopback" in out.stderr
+    out = subprocess.run([*ENCFS, "server", "--config", str(tmp_path / "kms.toml")], check=False, capture_output=True, text=True,
+                         env={k: v for k, v in os.environ.items() if k != "TEST_SECRET_ADMIN"})
+    assert out.returncode != 0 and "TEST_SECRET_ADMIN is not set" in out.stderr
+    out = subprocess.run([*ENCFS, "server"], check=False, capture_output=True, text=True)
+    assert out.returncode != 0 and "--dev" in out.stderr
+
+
+def test_tls(tmp_path):
+    import datetime as dt
+
+    from _kms_server import make_config
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from encfs.server.app import ServerThread
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    import ipaddress
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5))
+            .not_valid_after(dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    cfg = make_config(tmp_path / "data", names=("admin",), tls_cert=str(tmp_path / "cert.pem"),
+                      tls_key=str(tmp_path / "key.pem"))
+    srv = ServerThread(cfg).start()
+    try:
+        assert srv.endpoint.startswith("https://")
+        kms = client(srv.endpoint, cfg.principals[0], verify=str(tmp_path / "cert.pem"))
+        assert kms.generate_random(NumberOfBytes=8)["Plaintext"]
+    finally:
+        srv.stop()
