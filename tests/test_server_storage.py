@@ -132,3 +132,36 @@ def test_another_keystore_opens_nothing(tmp_path, encfs_home):
     other = LocalKeystoreMasterKey(tmp_path / "other", create=True)
     with pytest.raises(MasterKeyError):
         other.unwrap(blob, b"aad")
+
+
+@pytest.mark.parametrize("sync", ["request", "interval"])
+def test_group_commit_batches_and_keeps_the_chain(tmp_path, sync):
+    from encfs.audit import AuditLog
+    from encfs.server.audit import FileAuditSink, GroupCommitter
+
+    async def go():
+        sink = FileAuditSink(tmp_path / "audit.log", sync=sync, interval=0.01)
+        committer = GroupCommitter(sink)
+        await asyncio.gather(*(committer.submit({"time": "t", "principal": "p", "action": "A", "outcome": "success",
+                                                 "n": i}) for i in range(200)))
+        assert committer.records == 200 and committer.batches < 50  # grouped, not one write per record
+        await sink.close()
+
+    run(go())
+    log = AuditLog(tmp_path / "audit.log")
+    assert log.verify().ok and [r["n"] for r in log.records()] == list(range(200))
+
+
+def test_a_failed_audit_write_fails_every_waiting_request():
+    from encfs.server.audit import AuditSink, GroupCommitter
+
+    class Broken(AuditSink):
+        async def write(self, records):
+            raise OSError("disk full")
+
+    async def go():
+        committer = GroupCommitter(Broken())
+        results = await asyncio.gather(*(committer.submit({"n": i}) for i in range(5)), return_exceptions=True)
+        assert all(isinstance(r, OSError) for r in results)
+
+    run(go())

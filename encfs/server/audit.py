@@ -7,8 +7,10 @@ verify it.  :class:`GroupCommitter` batches: a request's record is queued,
 one writer appends every queued record with a single write and a single
 fsync, and each request is answered only once its record is durable (fail
 closed: a request that cannot be audited gets KMSInternalException).  While
-one fsync runs, the next batch fills, so the fsync cost is shared by every
-concurrent request instead of capping throughput.
+one batch is written, the next fills, so the cost of a write (and, with
+``sync="request"``, of an fsync) is shared by every concurrent request
+instead of capping throughput.  :class:`FileAuditSink` says when records
+reach the disk.
 
 A replicated deployment swaps the sink (records into the shared database, or
 one chain per replica) without touching the request path.
@@ -17,6 +19,7 @@ one chain per replica) without touching the request path.
 from __future__ import annotations
 
 import asyncio
+import functools
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -39,18 +42,54 @@ class AuditSink(ABC):
 
 
 class FileAuditSink(AuditSink):
-    def __init__(self, path: Any) -> None:
+    """The hash-chained JSON Lines log.
+
+    ``sync="request"``: every batch is fsynced before its requests are
+    answered (a power cut loses no answered request's record).
+    ``sync="interval"`` (default): every batch is written (one ``write``)
+    before its requests are answered, so a killed server loses nothing, and
+    a second thread fsyncs at most every ``interval`` seconds, so a power cut
+    loses at most that window, and a slow disk never stalls the requests.
+    """
+
+    def __init__(self, path: Any, *, sync: str = "interval", interval: float = 0.05) -> None:
+        if sync not in ("request", "interval"):
+            raise ValueError("audit sync must be 'request' or 'interval'")
         self.log = AuditLog(path)
+        self.sync = sync
+        self.interval = interval
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="encfs-audit")
+        self._syncer = ThreadPoolExecutor(1, thread_name_prefix="encfs-audit-sync")
+        self._sync_task: asyncio.Future[None] | None = None
+        self._dirty = False
+        self.syncs = 0
 
     def __repr__(self) -> str:
-        return f"FileAuditSink({str(self.log.path)!r})"
+        return f"FileAuditSink({str(self.log.path)!r}, sync={self.sync!r})"
 
     async def write(self, records: list[dict[str, Any]]) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self.log.append_many, records)
+        loop = asyncio.get_running_loop()
+        durable = self.sync == "request"
+        await loop.run_in_executor(self._pool, functools.partial(self.log.append_many, records, sync=durable))
+        if not durable:
+            self._dirty = True
+            if self._sync_task is None or self._sync_task.done():
+                self._sync_task = asyncio.ensure_future(self._sync_soon())
+
+    async def _sync_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._dirty:
+            await asyncio.sleep(self.interval)
+            self._dirty = False
+            await loop.run_in_executor(self._syncer, self.log.sync)
+            self.syncs += 1
 
     async def close(self) -> None:
+        if self._sync_task is not None:
+            await self._sync_task
         self._pool.shutdown(wait=True)
+        self.log.sync()
+        self._syncer.shutdown(wait=True)
 
 
 class GroupCommitter:

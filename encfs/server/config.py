@@ -65,6 +65,8 @@ class ServerConfig:
     storage: dict[str, Any] = field(default_factory=dict)
     master_key: dict[str, Any] = field(default_factory=dict)
     audit_path: Path | None = None
+    audit_sync: str = "interval"
+    audit_sync_interval: float = 0.05
     tls_cert: str | None = None
     tls_key: str | None = None
     principals: list[Principal] = field(default_factory=list)
@@ -162,6 +164,10 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
     cfg.master_key = dict(doc.get("master_key") or {"type": "local"})
     audit = dict(doc.get("audit") or {})
     cfg.audit_path = base / str(audit.get("path", data_dir / "audit.log"))
+    cfg.audit_sync = str(audit.get("sync", "interval"))
+    cfg.audit_sync_interval = float(audit.get("sync_interval", 0.05))
+    if cfg.audit_sync not in ("request", "interval"):
+        raise ConfigurationError("audit: sync must be 'request' or 'interval'")
     for i, entry in enumerate(doc.get("principals") or []):
         where = f"principals[{i}]"
         name = entry.get("name")

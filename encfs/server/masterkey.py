@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -59,6 +63,59 @@ class MasterKey(ABC):
 
     def __reduce__(self):  # never pickled into a worker or a log
         raise TypeError("master keys cannot be pickled")
+
+
+class CachingMasterKey(MasterKey):
+    """Remembers recent unwraps of ``inner`` (bounded: ``max_entries``,
+    each for at most ``ttl`` seconds).
+
+    Only the cryptography is saved: callers still read the wrapped blob from
+    storage on every request, so a deleted key or a revoked access key (whose
+    blob is gone) is never served from here, and a key's state, policy and
+    grants are always read afresh.  What stays in memory is what the server
+    holds while it uses a key anyway: unwrapped material of recently used
+    key versions and access keys.
+    """
+
+    def __init__(self, inner: MasterKey, *, max_entries: int = 4096, ttl: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self.key_id = inner.key_id
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[bytes, bytes], tuple[float, bytes]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"Caching({self.inner!r})"
+
+    def wrap(self, plaintext: bytes, aad: bytes) -> bytes:
+        return self.inner.wrap(plaintext, aad)
+
+    def unwrap(self, blob: bytes, aad: bytes) -> bytes:
+        key = (blob, aad)
+        now = self.clock()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] > now:
+                self._entries.move_to_end(key)
+                return hit[1]
+        plaintext = self.inner.unwrap(blob, aad)
+        with self._lock:
+            self._entries[key] = (now + self.ttl, plaintext)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return plaintext
+
+    def forget(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def close(self) -> None:
+        self.forget()
+        self.inner.close()
 
 
 def material_aad(key_id: str, version: int) -> bytes:

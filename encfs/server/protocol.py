@@ -14,6 +14,7 @@ import base64
 import binascii
 import functools
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 TARGET_PREFIX = "TrentService."
@@ -52,22 +53,61 @@ def operation_model(name: str) -> Any:
         return None
 
 
-def parse_input(operation: str, body: bytes) -> dict[str, Any]:
-    """The request body of ``operation`` as validated Python values."""
+@dataclass
+class _Spec:
+    """One botocore shape, flattened once into plain values (the model's
+    own objects compute their properties on every access)."""
+
+    kind: str
+    min: int | None = None
+    max: int | None = None
+    enum: frozenset[str] | None = None
+    members: dict[str, _Spec] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    member: _Spec | None = None
+    key: _Spec | None = None
+    value: _Spec | None = None
+
+
+def _compile(shape: Any, seen: dict[str, _Spec] | None = None) -> _Spec:
+    seen = {} if seen is None else seen
+    if shape.name in seen:
+        return seen[shape.name]
+    meta = shape.metadata
+    spec = _Spec(kind=shape.type_name, min=meta.get("min"), max=meta.get("max"),
+                 enum=frozenset(shape.enum) if getattr(shape, "enum", None) else None)
+    seen[shape.name] = spec
+    if spec.kind == "structure":
+        spec.members = {name: _compile(m, seen) for name, m in shape.members.items()}
+        spec.required = tuple(shape.required_members)
+    elif spec.kind == "list":
+        spec.member = _compile(shape.member, seen)
+    elif spec.kind == "map":
+        spec.key, spec.value = _compile(shape.key, seen), _compile(shape.value, seen)
+    return spec
+
+
+@functools.lru_cache(maxsize=128)
+def _input_spec(operation: str) -> _Spec | None:
     op = operation_model(operation)
     if op is None:
         raise KMSError("UnknownOperationException", f"unknown operation {operation}")
+    return _compile(op.input_shape) if op.input_shape is not None else None
+
+
+def parse_input(operation: str, body: bytes) -> dict[str, Any]:
+    """The request body of ``operation`` as validated Python values."""
+    spec = _input_spec(operation)
     try:
-        data = json.loads(body.decode("utf-8")) if body.strip() else {}
+        data = json.loads(body) if body.strip() else {}
     except (UnicodeDecodeError, ValueError):
         raise KMSError("SerializationException", "the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise KMSError("SerializationException", "the request body must be a JSON object")
-    shape = op.input_shape
-    if shape is None:
+    if spec is None:
         return {}
     errors: list[str] = []
-    out = _structure(shape, data, "", errors)
+    out = _structure(spec, data, "", errors)
     if errors:
         n = len(errors)
         raise validation(f"{n} validation error{'s' if n > 1 else ''} detected: " + "; ".join(errors[:5]))
@@ -78,49 +118,50 @@ def _lower_first(name: str) -> str:
     return name[:1].lower() + name[1:]
 
 
-def _structure(shape: Any, data: dict[str, Any], where: str, errors: list[str]) -> dict[str, Any]:
+def _structure(spec: _Spec, data: dict[str, Any], where: str, errors: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name in shape.required_members:
+    for name in spec.required:
         if data.get(name) is None:
             errors.append(f"Value null at '{where}{_lower_first(name)}' failed to satisfy constraint: "
                           "Member must not be null")
     for name, value in data.items():
-        member = shape.members.get(name)
+        member = spec.members.get(name)
         if member is None or value is None:
             continue  # unknown members are ignored, as KMS does
         out[name] = _value(member, value, f"{where}{_lower_first(name)}", errors)
     return out
 
 
-def _value(shape: Any, value: Any, where: str, errors: list[str]) -> Any:
-    kind = shape.type_name
-    meta = shape.metadata
-    if kind == "structure":
-        if not isinstance(value, dict):
-            errors.append(f"Value at '{where}' must be an object")
-            return {}
-        return _structure(shape, value, where + ".", errors)
-    if kind == "list":
-        if not isinstance(value, list):
-            errors.append(f"Value at '{where}' must be a list")
-            return []
-        _length(meta, len(value), where, errors)
-        return [_value(shape.member, v, f"{where}.{i + 1}.member", errors) for i, v in enumerate(value)]
-    if kind == "map":
-        if not isinstance(value, dict):
-            errors.append(f"Value at '{where}' must be a map")
-            return {}
-        _length(meta, len(value), where, errors)
-        return {_value(shape.key, k, where, errors): _value(shape.value, v, where, errors) for k, v in value.items()}
+def _value(spec: _Spec, value: Any, where: str, errors: list[str]) -> Any:
+    kind = spec.kind
     if kind == "string":
         if not isinstance(value, str):
             errors.append(f"Value at '{where}' must be a string")
             return ""
-        _length(meta, len(value), where, errors)
-        if shape.enum and value not in shape.enum:
+        _length(spec, len(value), where, errors)
+        if spec.enum is not None and value not in spec.enum:
             errors.append(f"Value '{value}' at '{where}' failed to satisfy constraint: Member must satisfy enum "
-                          f"value set: [{', '.join(shape.enum)}]")
+                          f"value set: [{', '.join(sorted(spec.enum))}]")
         return value
+    if kind == "structure":
+        if not isinstance(value, dict):
+            errors.append(f"Value at '{where}' must be an object")
+            return {}
+        return _structure(spec, value, where + ".", errors)
+    if kind == "list":
+        if not isinstance(value, list):
+            errors.append(f"Value at '{where}' must be a list")
+            return []
+        _length(spec, len(value), where, errors)
+        assert spec.member is not None
+        return [_value(spec.member, v, f"{where}.{i + 1}.member", errors) for i, v in enumerate(value)]
+    if kind == "map":
+        if not isinstance(value, dict):
+            errors.append(f"Value at '{where}' must be a map")
+            return {}
+        _length(spec, len(value), where, errors)
+        assert spec.key is not None and spec.value is not None
+        return {_value(spec.key, k, where, errors): _value(spec.value, v, where, errors) for k, v in value.items()}
     if kind == "blob":
         if not isinstance(value, str):
             errors.append(f"Value at '{where}' must be base64 text")
@@ -130,18 +171,18 @@ def _value(shape: Any, value: Any, where: str, errors: list[str]) -> Any:
         except (binascii.Error, ValueError):
             errors.append(f"Value at '{where}' is not valid base64")
             return b""
-        _length(meta, len(raw), where, errors)
+        _length(spec, len(raw), where, errors)
         return raw
     if kind in ("integer", "long"):
         if isinstance(value, bool) or not isinstance(value, int):
             errors.append(f"Value at '{where}' must be an integer")
             return 0
-        if "min" in meta and value < meta["min"]:
+        if spec.min is not None and value < spec.min:
             errors.append(f"Value '{value}' at '{where}' failed to satisfy constraint: Member must have value "
-                          f"greater than or equal to {meta['min']}")
-        if "max" in meta and value > meta["max"]:
+                          f"greater than or equal to {spec.min}")
+        if spec.max is not None and value > spec.max:
             errors.append(f"Value '{value}' at '{where}' failed to satisfy constraint: Member must have value "
-                          f"less than or equal to {meta['max']}")
+                          f"less than or equal to {spec.max}")
         return value
     if kind == "boolean":
         if not isinstance(value, bool):
@@ -151,13 +192,13 @@ def _value(shape: Any, value: Any, where: str, errors: list[str]) -> Any:
     return value  # timestamps and doubles: not in any request we serve
 
 
-def _length(meta: dict[str, Any], n: int, where: str, errors: list[str]) -> None:
-    if "min" in meta and n < meta["min"]:
+def _length(spec: _Spec, n: int, where: str, errors: list[str]) -> None:
+    if spec.min is not None and n < spec.min:
         errors.append(f"Value at '{where}' failed to satisfy constraint: Member must have length greater than or "
-                      f"equal to {meta['min']}")
-    if "max" in meta and n > meta["max"]:
+                      f"equal to {spec.min}")
+    if spec.max is not None and n > spec.max:
         errors.append(f"Value at '{where}' failed to satisfy constraint: Member must have length less than or "
-                      f"equal to {meta['max']}")
+                      f"equal to {spec.max}")
 
 
 def b64(data: bytes) -> str:

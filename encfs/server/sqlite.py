@@ -5,7 +5,7 @@ versioned migrations recorded in the ``meta`` table.
 One connection, used from the event-loop thread only.  Transactions are
 serialised by an asyncio lock; as no statement awaits anything, a
 transaction's body runs without interleaving and readers never see a
-half-applied write.  Another process must not serve the same file: a lock
+half-applied write (so reads need no BEGIN/COMMIT round trip).  Another process must not serve the same file: a lock
 file next to the database refuses a second server.
 """
 
@@ -318,8 +318,14 @@ class SQLiteStorage(Storage):
             db = self._db
             if db is None:
                 raise StorageError("storage is closed")
+            if not write:
+                # A read needs no BEGIN: this process is the only writer (the
+                # lock file), every write runs under the same lock, and no
+                # statement awaits, so nothing can change between the reads.
+                yield _Tx(db)
+                return
             try:
-                db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StorageError(f"storage unavailable: {exc}") from exc
             try:
