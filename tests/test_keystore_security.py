@@ -373,3 +373,16 @@ def test_keystore_owned_by_another_user_is_refused(encfs_home):
     os.chown(encfs_home / "keystore.json", 12345, 12345)
     with pytest.raises(KeystoreError, match="owned by another user"):
         LocalKeystore(encfs_home).list_ids()
+
+
+@posix_only
+def test_cli_reports_permissions_in_one_line(encfs_home, capsys):
+    LocalKeystore(encfs_home).create_key(alias="lake")
+    os.chmod(encfs_home / "keystore.json", 0o644)
+    code, out, err = _cli(capsys, "keys", "list")
+    assert code == 0 and "lake" in out
+    assert err.startswith("encfs: warning: keystore file") and err.count("\n") == 1, err
+    os.chmod(encfs_home / "keystore.json", 0o666)
+    code, out, err = _cli(capsys, "keys", "list")
+    assert code == 1 and err.startswith("encfs: error: keystore file") and "writable by group or others" in err
+    assert err.count("\n") == 1, err

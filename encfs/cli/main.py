@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
@@ -93,7 +94,25 @@ def _first_line(exc: BaseException) -> str:
 _NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """encfs's own warnings (a keystore readable by others, ...) as one
+    ``encfs: warning:`` line; anyone else's as Python shows them."""
+    if category.__module__.startswith("encfs."):
+        click.echo(f"encfs: warning: {printable(str(message))}", err=True)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> None:
+    with warnings.catch_warnings():  # restores the hook when an in-process caller gets control back
+        warnings.showwarning = _show_warning
+        _main(argv)
+
+
+def _main(argv: list[str] | None) -> None:
     _load_commands()
     try:
         # Without standalone mode click *returns* the code of ctx.exit(n).

@@ -75,7 +75,7 @@ def merge_records(doc: dict[str, Any], records: Mapping[str, Any], *, seal: Seal
         if make_current and int(rec["current_version"]) != int(mine["current_version"]):
             mine["current_version"] = int(rec["current_version"])
             report["made_current"][key_id] = mine["current_version"]
-        report["merged" if missing else "unchanged"].append(key_id)
+        report["merged" if missing or key_id in report["made_current"] else "unchanged"].append(key_id)
         imported.add(key_id)
     for alias, key_id in sorted(records.get("aliases", {}).items()):
         have = doc["aliases"].get(alias)
