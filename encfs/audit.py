@@ -384,6 +384,14 @@ ADMIN_ACTIONS = {
 }
 
 
+#: Every action encfs itself records (the key server adds its own, and
+#: ``encfs audit --action`` also accepts any action present in the log read).
+ACTIONS = frozenset({
+    "wrap", "unwrap", "generate", "rewrap", *ADMIN_ACTIONS.values(),
+    "auto-rotate", "delete-key", "recover-keystore",  # keystore: automatic and CLI actions
+})
+
+
 def _error_text(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -549,6 +557,7 @@ def audited(provider: KeyProvider, home: str | os.PathLike[str] | None = None) -
 
 
 __all__ = [
+    "ACTIONS",
     "AuditError",
     "AuditLog",
     "AuditedProvider",

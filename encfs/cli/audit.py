@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import sys
+from collections.abc import Iterable
 
 import click
 
-from ..audit import AuditLog, get_log, parse_when
+from ..audit import ACTIONS, AuditLog, _key_matches, get_log, parse_when
 from ..errors import ConfigurationError, EncfsError
 from .main import cli
 from .util import echo
@@ -54,6 +56,46 @@ def _key_names(key: str, keystore: str | None) -> list[str]:
     return names
 
 
+def _did_you_mean(value: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(value, sorted(choices), n=3)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _check_filters(log: AuditLog, keystore: str | None, key: str | None, keys: list[str] | None,
+                   action: str | None, principal: str | None) -> None:
+    """Called when nothing matched: a filter value that names nothing in the
+    log (a typo) is an error, not an empty answer.  Known actions and keys of
+    the local keystore are fine even when the log has no record of them yet."""
+    seen_actions: set[str] = set()
+    seen_principals: set[str] = set()
+    key_seen = False
+    for rec in log.records():
+        seen_actions.add(str(rec.get("action")))
+        seen_principals.add(str(rec.get("principal")))
+        key_seen = key_seen or bool(keys and _key_matches(keys, rec))
+    if action and action not in ACTIONS | seen_actions:
+        hint = _did_you_mean(action, ACTIONS | seen_actions) or f"; actions: {', '.join(sorted(ACTIONS))}"
+        raise ConfigurationError(f"unknown audit action {action!r}{hint}")
+    if principal and principal not in seen_principals:
+        raise ConfigurationError(
+            f"no audit record by principal {principal!r} in {log.path}{_did_you_mean(principal, seen_principals)}")
+    # A local alias that resolved to a key id gave two names: the key exists.
+    if key and keys and not key_seen and len(keys) == 1 and not _is_local_key(key, keystore):
+        raise ConfigurationError(f"no audit record names key {key!r} in {log.path}")
+
+
+def _is_local_key(key: str, keystore: str | None) -> bool:
+    if "://" in key and not key.startswith("local://"):
+        return False
+    from ..keystore.store import LocalKeystore
+
+    name = key.split("://", 1)[-1]
+    try:
+        return name in LocalKeystore(keystore).list_ids()
+    except EncfsError:
+        return False
+
+
 @cli.group("audit", invoke_without_command=True)
 @click.option("--log", "log_path", metavar="FILE", default=None,
               help="Audit log to read (default $ENCFS_AUDIT_LOG or $ENCFS_HOME/audit.log).")
@@ -75,13 +117,20 @@ def audit(ctx: click.Context, log_path: str | None, keystore: str | None, key: s
     if ctx.invoked_subcommand is not None:
         return
     log = _log(log_path, keystore)
-    records = log.query(key=_key_names(key, keystore) if key else None, action=action, principal=principal,
-                        since=parse_when(since) if since else None, until=parse_when(until) if until else None)
-    for rec in records:
+    start = parse_when(since) if since else None
+    end = parse_when(until) if until else None
+    if start and end and start >= end:
+        raise ConfigurationError(f"--since {since} is not before --until {until}: no record can match")
+    keys = _key_names(key, keystore) if key else None
+    shown = 0
+    for rec in log.query(key=keys, action=action, principal=principal, since=start, until=end):
+        shown += 1
         if as_json:
             click.echo(json.dumps(rec, sort_keys=True))
         else:
             echo(_line(rec))  # records hold paths and key ids from objects
+    if not shown:
+        _check_filters(log, keystore, key, keys, action, principal)
 
 
 @audit.command("verify")
