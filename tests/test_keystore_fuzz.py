@@ -146,7 +146,7 @@ def _exercise(home: Path) -> None:
         pass
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=300)
 @given(data=st.data())
 def test_mutated_keystore_documents(valid_doc, tmp_path_factory, data):
     home = tmp_path_factory.mktemp("fuzz")
@@ -206,3 +206,50 @@ def test_mutated_bundle_files(valid_bundle, data):
         open_bundle(json.dumps(bundle).encode(), "pw")
     except KeystoreError:
         pass
+
+
+@pytest.fixture(scope="module")
+def sealed_store(tmp_path_factory):
+    """A sealed keystore and one handle on it (its passphrase-derived keys
+    are cached, so each example costs no scrypt)."""
+    import os
+
+    home = tmp_path_factory.mktemp("fuzz-sealed")
+    old = os.environ.get("ENCFS_PASSPHRASE")
+    os.environ["ENCFS_PASSPHRASE"] = "fuzz pass"
+    try:
+        ks = LocalKeystore(home, clock=lambda: 1_800_000_000.0)
+        a = ks.create_key(alias="lake", tags={"team": "data"}, rotation_days=90)
+        ks.rotate(a)
+        ks.disable(ks.create_key(alias="old"))
+        ks.schedule_deletion(ks.create_key(), 7)
+        doc = json.loads((home / "keystore.json").read_text())
+        yield home, ks, doc
+    finally:
+        if old is None:
+            os.environ.pop("ENCFS_PASSPHRASE", None)
+        else:
+            os.environ["ENCFS_PASSPHRASE"] = old
+
+
+@SETTINGS
+@given(data=st.data())
+def test_sealed_keystore_accepts_no_edit(sealed_store, data, monkeypatch):
+    """Finding 3 as a property: any edit of a sealed keystore made without
+    the passphrase (sealing parameters aside: changing those only locks
+    the owner out) is refused, unless it leaves the authenticated content
+    as it was (the checksum, the JSON layout)."""
+    from encfs.keystore.document import canonical
+
+    monkeypatch.setenv("ENCFS_PASSPHRASE", "fuzz pass")
+    home, ks, doc = sealed_store
+    edited = data.draw(mutated(doc, keep=("sealing",)))
+    _write(home, edited)
+    ks._doc = None  # reload, as a fresh process would (the sealer stays cached)
+    try:
+        ks.list_ids()
+    except KeystoreError:
+        return
+    finally:
+        _write(home, doc)
+    assert canonical(edited) == canonical(doc), "an edited sealed keystore was accepted"
