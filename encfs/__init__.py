@@ -1,8 +1,8 @@
 """encfs: transparent envelope encryption for any fsspec filesystem.
 
 >>> import pandas as pd
->>> df.to_parquet("enc::file:///data/lake/sales.parquet")       # doctest: +SKIP
->>> pd.read_parquet("enc::file:///data/lake/sales.parquet")     # doctest: +SKIP
+>>> df.to_parquet("enc+file:///data/lake/sales.parquet")       # doctest: +SKIP
+>>> pd.read_parquet("enc+file:///data/lake/sales.parquet")     # doctest: +SKIP
 """
 
 from __future__ import annotations

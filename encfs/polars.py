@@ -38,7 +38,8 @@ def _resolve(source: str, storage_options: Mapping[str, Any] | None, filesystem:
         # The target's own path, the form the filesystem's listings use.
         to_path = getattr(filesystem, "_target_path", filesystem._strip_protocol)
         return filesystem, to_path(source).rstrip("/") or "/"
-    return fsspec.url_to_fs(source, **dict(storage_options or {}))
+    fs, path = fsspec.url_to_fs(source, **dict(storage_options or {}))
+    return fs, path.rstrip("/") or "/"
 
 
 def dataset(source: str, *, storage_options: Mapping[str, Any] | None = None, filesystem: Any = None,
