@@ -290,6 +290,19 @@ def test_import_reports_added_and_refused(tmp_path, monkeypatch, capsys):
     assert f"unchanged: {fresh}" in out
 
 
+def test_import_restoring_a_deleted_key_says_so(encfs_home):
+    t = [1_800_000_000.0]
+    ks = LocalKeystore(encfs_home, clock=lambda: t[0])
+    kid = ks.create_key()
+    backup = ks.export_records([kid])
+    ks.schedule_deletion(kid, 7)
+    t[0] += 8 * 86400
+    assert kid not in ks.list_ids() and ks.deleted_on(kid)
+    report = ks.import_records(backup)
+    assert report["added"] == [kid] and kid in report["restored"]
+    assert ks.deleted_on(kid) is None and ks._material(kid, for_wrap=True)[0] == 1
+
+
 def test_import_of_malformed_records_is_keystore_error(encfs_home):
     ks = LocalKeystore(encfs_home)
     for records in ({"keys": []}, {"keys": {"lk-1": {"id": "lk-2"}}}, {"keys": {}, "aliases": {"a": 5}},

@@ -433,7 +433,8 @@ def import_cmd(obj: _Ctx, src: str, add_versions: bool, make_current: bool) -> N
     for key_id in report["added"]:
         rec = records["keys"][key_id]
         versions = ", ".join(sorted(rec["versions"], key=int))
-        click.echo(f"added: {key_id} (versions {versions}; current {rec['current_version']})")
+        restored = f"; deleted here on {report['restored'][key_id]}, restored" if key_id in report["restored"] else ""
+        click.echo(f"added: {key_id} (versions {versions}; current {rec['current_version']}{restored})")
     for key_id, versions in report["versions_added"].items():
         current = ks.record(key_id)["current_version"]
         now = "is now" if key_id in report["made_current"] else "stays"

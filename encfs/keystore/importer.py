@@ -6,7 +6,9 @@ the owner of the keys it names: key ids are public (every object header
 carries one), so a bundle holding "version 9 of lk-yours" with material of
 its author's choosing is easy to make.  Hence:
 
-- a key this keystore does not have is added as it is in the bundle;
+- a key this keystore does not have is added as it is in the bundle (also
+  one deleted here: an export kept as a backup is how a deleted key comes
+  back; the report says so);
 - a key it has gains the bundle's missing versions only with
   ``add_versions`` (otherwise the key is refused and reported): an added
   version unwraps objects written under it, so it lets the bundle's author
@@ -37,7 +39,7 @@ Open = Callable[[str, int, Mapping[str, str]], bytes]
 
 def new_report() -> dict[str, Any]:
     return {"added": [], "merged": [], "unchanged": [], "versions_added": {}, "made_current": {},
-            "aliases_added": [], "alias_conflicts": [], "refused": {}}
+            "aliases_added": [], "alias_conflicts": [], "refused": {}, "restored": {}}
 
 
 def merge_records(doc: dict[str, Any], records: Mapping[str, Any], *, seal: Seal, open_material: Open,
@@ -53,7 +55,9 @@ def merge_records(doc: dict[str, Any], records: Mapping[str, Any], *, seal: Seal
             new["versions"] = {v: {"created": e.get("created", ""), **seal(key_id, int(v), theirs[v])}
                                for v, e in rec["versions"].items()}
             doc["keys"][key_id] = new
-            doc["deleted"].pop(key_id, None)
+            when = doc["deleted"].pop(key_id, None)
+            if when:  # an export kept as a backup brings a deleted key back: say so
+                report["restored"][key_id] = when
             report["added"].append(key_id)
             imported.add(key_id)
             continue
