@@ -400,3 +400,23 @@ def test_discovery_never_opens_clients_in_regions_objects_name(kms_moto, memfs, 
     for i in range(40):
         wide._client(f"zz-{i}")
     assert len(wide._clients) <= aws_kms.MAX_CLIENTS
+
+
+def test_keys_audit_and_rewrap_output_is_escaped(tmp_path, capsys, encfs_home):
+    evil = "\x1b[2K\rfake\u202e"
+    code, _out, err = run_cli(capsys, "keys", "create", "--alias", "esc", "--description", evil, "--tag", f"t={evil}")
+    assert code == 0, err
+    for args in (["keys", "describe", "esc"], ["keys", "list"]):
+        code, out, err = run_cli(capsys, *args)
+        assert code == 0 and "\x1b" not in out and "\u202e" not in out, args
+    code, out, _err = run_cli(capsys, "keys", "describe", "esc")
+    assert "\\x1b[2K\\x0dfake\\u202e" in out
+    efs = EncryptedFileSystem(target_protocol="file", skip_instance_cache=True)
+    name = tmp_path / f"obj{evil}"
+    efs.pipe_file(str(name), b"x")
+    code, out, err = run_cli(capsys, "rewrap", "-v", "--to", "local://alias/esc", str(tmp_path))
+    assert code == 0 and "\x1b" not in out + err and "\\x1b" in out, err
+    code, out, err = run_cli(capsys, "audit", "--action", "rewrap")
+    assert code == 0 and "\\x1b[2K" in out and "\x1b" not in out and "\u202e" not in out
+    code, out, _err = run_cli(capsys, "audit", "--action", "rewrap", "--json")
+    assert "\\u001b" in out  # JSON keeps its own escaping

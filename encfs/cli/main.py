@@ -84,7 +84,7 @@ def _first_line(exc: BaseException) -> str:
         return f"already exists: {exc.filename or text}"
     if isinstance(exc, NoUsableKeyError):
         # aws-kms:// and pkcs11:// keys are used only when named (strict allow-list).
-        return f"{text} (name an aws-kms/pkcs11 one with --key; a local one needs its --keystore)"
+        return f"{text} (name its key with --key; local ones need a local:// key and their --keystore)"
     if isinstance(exc, EncfsError):
         return text
     return f"{type(exc).__name__}: {text}"
