@@ -25,6 +25,7 @@ import sys
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from fsspec.spec import AbstractBufferedFile
@@ -47,7 +48,8 @@ from .format import (
     segment_count,
     segment_offset,
 )
-from .sinks import Sink, open_sink
+from .readahead import READ_AHEAD_REQUESTS, Readahead
+from .targets import Sink
 
 if TYPE_CHECKING:
     from .fs import EncryptedFileSystem
@@ -57,6 +59,8 @@ SMALL_OBJECT = 1024 * 1024
 #: Opening without a known size first asks for this many bytes (the header
 #: and one default-size segment): a shorter answer is the whole object.
 PROBE_BYTES = 4096 + 64 * 1024 + 16
+#: Plaintext bytes decrypted at a time for line reading (readline, iteration).
+LINE_WINDOW = 256 * 1024
 #: Decrypted segments an open reader keeps (the final one is always kept).
 SEGMENT_CACHE = 8
 #: Frames above close() searched for a context manager's ``__exit__``
@@ -89,36 +93,31 @@ def _calls_exit_for_exception(frame: Any) -> bool:
 
 
 class ObjectReader:
-    """Authenticated random access to one encrypted object."""
+    """Authenticated random access to one encrypted object (FORMAT.md section 7).
+
+    Opening costs one request: the probe brings the header, the first
+    segment and, on most targets, the object size (S3: the Content-Range of
+    the ranged GET).  The header is authenticated at open; the final
+    segment when a read reaches the end of the object (or at open, for free,
+    when the probe holds the whole object), so truncation and extension are
+    caught by every read that could observe them.
+    """
 
     def __init__(self, efs: EncryptedFileSystem, path: str, ct_size: int | None = None) -> None:
-        self.efs, self.path, self.target = efs, path, efs.fs
-        self._whole: bytes | None = None
-        first = self._probe() if ct_size is None else None
-        if first is not None and len(first) < PROBE_BYTES:
-            # The probe returned less than asked: that is the whole object,
-            # and its size, in one request (no size lookup: on S3 a HEAD, on
-            # memory:// a scan of the store).
-            self._whole = first
-            ct_size = len(first)
+        self.efs, self.path = efs, path
+        self.io = io = efs.io
+        head: bytes | memoryview | None = None
         if ct_size is None:
-            ct_size = int(self.target.size(path))
-        self.ct_size = ct_size
-        if self._whole is None and ct_size <= SMALL_OBJECT:
-            if first is None:
-                self._whole = self.target.cat_file(path)
-            elif ct_size > len(first):
-                self._whole = first + self.target.cat_file(path, start=len(first), end=ct_size)
-            else:  # exactly PROBE_BYTES long: the probe already holds it all
-                self._whole = first
-            self.ct_size = len(self._whole)
-        if self._whole is not None:
-            prefix = self._whole[:HEADER_REGION]
-        elif first is not None:
-            prefix = first[:HEADER_REGION]
-        else:
-            prefix = self.target.cat_file(path, start=0, end=HEADER_REGION)
-        self.header = header = read_header(efs, path, prefix)
+            head, ct_size = io.probe(path, PROBE_BYTES)
+        if ct_size is None:
+            ct_size = io.size(path)
+        self.ct_size = ct_size = int(ct_size)
+        if head is None:
+            head = io.fetch(path, 0, min(PROBE_BYTES, ct_size)) if ct_size else b""
+        # A copy: never hold a view of the target's buffer past one read.
+        self._head = bytes(head[:ct_size])
+        del head
+        self.header = header = read_header(efs, path, self._head)
         _dek, keys = efs.keyring.unwrap(header, path)
         header.verify(keys, path)
         if efs.bind_path and header.context.get(PATH_KEY) != efs._bound_path(path):
@@ -129,9 +128,11 @@ class ObjectReader:
             raise IntegrityError(path)
         self.size = size
         self.segment_size = header.segment_size
+        self._stride = header.segment_size + TAG_BYTES
         self.nseg = segment_count(size, header.segment_size)
         self._cipher = SegmentCipher(keys.body_key)
         del _dek, keys
+        self._final_ok = False
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         # Guards the cache's bookkeeping only (fetching and decrypting stay
         # concurrent): eviction from several threads at once broke the dict.
@@ -142,37 +143,62 @@ class ObjectReader:
         # resets it, so column reads fetch exactly their covering segments.
         self._seq_end = -1
         self._ahead = 0
-        self._max_ahead = max(0, int(getattr(efs, "read_block_size", 0)) // self.segment_size - 1)
-        self._cache_limit = max(SEGMENT_CACHE, self._max_ahead + 4)
-        # Authenticate the final segment first: proves the size, catches
-        # truncation and extension before any byte is released.
-        self._load(range(self.nseg - 1, self.nseg))
+        block = int(getattr(efs, "read_block_size", 0))
+        self._max_ahead = max(0, block // self.segment_size - 1)
+        # On a target that can overlap requests, sequential and large reads
+        # go through a Readahead instead: several ranged requests of one
+        # read block each in flight (readahead.py; memory bounded there).
+        self._stream: Readahead | None = None
+        self._stream_lock = threading.Lock()
+        if io.concurrent and self.ct_size > len(self._head):
+            self._stream = Readahead(io, path, self.nseg, max(1, block // self.segment_size),
+                                     READ_AHEAD_REQUESTS, self._span)
+        chunk = self._stream.chunk_segs if self._stream else 0
+        self._cache_limit = max(SEGMENT_CACHE, self._max_ahead + 4, chunk + 4)
+        if len(self._head) >= self.ct_size:
+            # The whole object is in hand: proving its size costs nothing.
+            self._load(range(self.nseg - 1, self.nseg))
 
     def __repr__(self) -> str:
         return f"ObjectReader({self.path!r}, size={self.size})"
 
-    def _probe(self) -> bytes | None:
-        """The first ``PROBE_BYTES`` of the object, or None when the target
-        cannot serve a range past the end of a short object (the caller then
-        asks for the size first, which raises the target's own error)."""
-        try:
-            return bytes(self.target.cat_file(self.path, start=0, end=PROBE_BYTES))
-        except (FileNotFoundError, IsADirectoryError, PermissionError):
-            raise
-        except Exception:  # noqa: BLE001 - e.g. HTTP 416 for an empty object on S3; the size path re-raises
-            return None
+    def close(self) -> None:
+        """Drop readahead requests still in flight."""
+        if self._stream is not None:
+            with self._stream_lock:
+                self._stream.cancel()
 
-    def _open_segment(self, index: int, sealed: bytes) -> bytes:
+    def _span(self, lo: int, hi: int) -> tuple[int, int]:
+        """Ciphertext byte range of segments ``[lo, hi)``."""
+        region = self.header.header_region
+        return (segment_offset(lo, self.segment_size, region),
+                min(segment_offset(hi, self.segment_size, region), self.ct_size))
+
+    def _fetch(self, start: int, end: int) -> bytes | memoryview:
+        """Ciphertext ``[start, end)``: from the probe's bytes when they hold
+        it; a small object's whole rest in one request (then held); else one
+        ranged request."""
+        head = self._head
+        if end > len(head) and self.ct_size <= SMALL_OBJECT:
+            rest = self.io.fetch(self.path, len(head), self.ct_size)
+            if len(rest) != self.ct_size - len(head):
+                raise IntegrityError(self.path)  # object changed size under us
+            self._head = head = head + bytes(rest)
+        if end <= len(head):
+            return memoryview(head)[start:end]
+        return self.io.fetch(self.path, start, end)
+
+    def _open_segment(self, index: int, sealed: bytes | memoryview) -> bytes:
+        final = index == self.nseg - 1
         try:
-            return self._cipher.open(index, sealed, index == self.nseg - 1)
+            plain = self._cipher.open(index, sealed, final)
         except SegmentAuthError:
             raise IntegrityError(self.path) from None
+        if final:
+            self._final_ok = True
+        return plain
 
-    def _load(self, segs: range, ahead: int = 0) -> list[bytes]:
-        """Plaintext of ``segs`` (contiguous), fetching missing ones in one
-        request, plus up to ``ahead`` following segments when a fetch is needed."""
-        if not segs:
-            return []
+    def _cached(self, segs: range) -> dict[int, bytes]:
         # .get, not "in" then [], so a concurrent eviction cannot KeyError.
         out: dict[int, bytes] = {}
         with self._cache_lock:
@@ -180,29 +206,76 @@ class ObjectReader:
                 cached = self._cache.get(i)
                 if cached is not None:
                     out[i] = cached
+        return out
+
+    def _load(self, segs: range, ahead: int = 0) -> list[bytes]:
+        """Plaintext of ``segs`` (contiguous), fetching missing ones in one
+        request, plus up to ``ahead`` following segments when a fetch is needed."""
+        if not segs:
+            return []
+        out = self._cached(segs)
         missing = [i for i in segs if i not in out]
         if missing:
             lo, hi = missing[0], missing[-1]
             if hi == segs[-1] and ahead:
                 hi = min(self.nseg - 1, hi + ahead)
-            stride = self.segment_size + TAG_BYTES
-            start = segment_offset(lo, self.segment_size, self.header.header_region)
-            end = min(segment_offset(hi + 1, self.segment_size, self.header.header_region), self.ct_size)
-            if self._whole is not None:
-                blob: bytes | memoryview = memoryview(self._whole)[start:end]
-            else:
-                blob = self.target.cat_file(self.path, start=start, end=end)
+            start, end = self._span(lo, hi + 1)
+            blob = self._fetch(start, end)
             if len(blob) != end - start:
                 raise IntegrityError(self.path)  # object changed size under us
             view = memoryview(blob)
+            stride = self._stride
             for j, i in enumerate(range(lo, hi + 1)):
                 out[i] = self._open_segment(i, view[j * stride : (j + 1) * stride])
+            del view, blob
             # Keep the boundary segments (the next read often starts there),
             # the readahead ones, and the final one.
             with self._cache_lock:
                 for i in (missing[0], *range(missing[-1], hi + 1), self.nseg - 1):
                     if i in out:
                         self._remember(i, out[i])
+        return [out[i] for i in segs]
+
+    def _stream_load(self, segs: range, sequential: bool) -> list[bytes]:
+        """:meth:`_load` through the Readahead: the missing segments arrive
+        as several overlapping requests; a sequential reader keeps requests
+        in flight past ``segs`` for its next reads."""
+        stream = self._stream
+        assert stream is not None
+        with self._stream_lock:
+            out = self._cached(segs)
+            missing = [i for i in segs if i not in out]
+            limit = self.nseg if sequential else segs[-1] + 1
+            if sequential:
+                stream.in_flight = min(stream.depth, 2 * stream.in_flight)
+            else:
+                stream.in_flight = stream.depth
+            if not missing:
+                stream.top_up(limit)
+                return [out[i] for i in segs]
+            stride, last = self._stride, segs[-1]
+            for first, stop, data in stream.chunks(missing[0], last + 1, limit):
+                start, end = self._span(first, stop)
+                if len(data) != end - start:
+                    raise IntegrityError(self.path)  # object changed size under us
+                view = memoryview(data)
+                extra: list[tuple[int, bytes]] = []
+                for i in range(max(first, missing[0]), stop):
+                    if i in out:
+                        continue
+                    plain = self._open_segment(i, view[(i - first) * stride : (i - first + 1) * stride])
+                    if i <= last:
+                        out[i] = plain
+                    else:
+                        extra.append((i, plain))  # read ahead: kept for the next read
+                del view, data
+                with self._cache_lock:
+                    for i, plain in extra:
+                        self._remember(i, plain)
+            with self._cache_lock:
+                self._remember(last, out[last])
+                if self.nseg - 1 in out:
+                    self._remember(self.nseg - 1, out[self.nseg - 1])
         return [out[i] for i in segs]
 
     def _remember(self, index: int, plain: bytes) -> None:
@@ -217,19 +290,27 @@ class ObjectReader:
             del self._cache[oldest]
 
     def read(self, start: int, end: int | None) -> bytes:
-        """Plaintext bytes ``[start, end)`` (clamped to the object)."""
+        """Plaintext bytes ``[start, end)`` (clamped to the object).
+
+        A read that reaches the end of the object authenticates the final
+        segment first (even an empty read at the end), so a truncated or
+        extended object fails there instead of ending early."""
         if end is None or end > self.size:
             end = self.size
         start = max(0, start)
         if start >= end:
+            if end >= self.size and not self._final_ok:
+                self._load(range(self.nseg - 1, self.nseg))
             return b""
         segs = covering_segments(start, end, self.segment_size)
-        if start == self._seq_end:
-            self._ahead = min(self._max_ahead, max(1, 2 * self._ahead))
-        else:
-            self._ahead = 0
+        sequential = start == self._seq_end
         self._seq_end = end
-        parts = self._load(segs, self._ahead if end < self.size else 0)
+        stream = self._stream
+        if stream is not None and (sequential or len(segs) > stream.chunk_segs):
+            parts = self._stream_load(segs, sequential)
+        else:
+            self._ahead = min(self._max_ahead, max(1, 2 * self._ahead)) if sequential else 0
+            parts = self._load(segs, self._ahead if end < self.size else 0)
         first = segs[0] * self.segment_size
         if len(parts) == 1:
             return parts[0][start - first : end - first]
@@ -238,6 +319,18 @@ class ObjectReader:
         parts[0] = parts[0][start - first :]
         parts[-1] = parts[-1][: end - segs[-1] * self.segment_size]
         return b"".join(parts)
+
+    def read_range(self, start: int | None, end: int | None) -> bytes:
+        """:meth:`read` with fsspec's conventions (``cat_file``): ``None``
+        ends, negative offsets counted from the end of the plaintext."""
+        size = self.size
+        if start is None:
+            start = 0
+        elif start < 0:
+            start = max(0, size + start)
+        if end is not None and end < 0:
+            end = max(0, size + end)
+        return self.read(start, end)
 
 
 def _refuse(f: Any, what: str) -> NoReturn:
@@ -251,7 +344,7 @@ def _refuse(f: Any, what: str) -> NoReturn:
 
 
 class EncryptedReadFile(AbstractBufferedFile):
-    """A read-only fsspec file over :class:`ObjectReader` (seek, read, caches)."""
+    """A read-only fsspec file over :class:`ObjectReader` (seek, read, lines)."""
 
     def __init__(self, efs: EncryptedFileSystem, path: str, mode: str = "rb", block_size: Any = "default",
                  cache_type: str = "none", cache_options: dict | None = None, **kwargs: Any) -> None:
@@ -262,6 +355,9 @@ class EncryptedReadFile(AbstractBufferedFile):
         self.reader = ObjectReader(efs, path, kwargs.pop("ct_size", None))
         if block_size in ("default", None):
             block_size = efs.read_block_size
+        # Line reading keeps one window of plaintext (see readline).
+        self._lines = b""
+        self._lines_at = 0
         super().__init__(efs, path, mode=mode, block_size=block_size, cache_type=cache_type,
                          cache_options=cache_options, size=self.reader.size, **kwargs)
 
@@ -279,15 +375,82 @@ class EncryptedReadFile(AbstractBufferedFile):
         # fetches exactly the covering segments in one request and keeps the
         # boundary ones, and the readahead buffer would copy every byte twice
         # more (measured: ~25% of sequential read time, benchmarks/).
+        # A read that reaches the end goes to the reader too, so even a short
+        # or empty one at the end authenticates the final segment (fsspec's
+        # read would answer it from the claimed size alone).
         length = -1 if length is None else int(length)
-        if self.mode == "rb" and not self.closed and (length < 0 or length >= self.blocksize):
+        if self.mode == "rb" and not self.closed and (length < 0 or length >= self.blocksize
+                                                      or self.loc + length >= self.size):
             end = self.size if length < 0 else min(self.size, self.loc + length)
             if self.loc >= end:
+                self.reader.read(self.loc, end)  # at the end: authenticates the final segment
                 return b""
             out = self.reader.read(self.loc, end)
             self.loc += len(out)
             return out
         return super().read(length)
+
+    # -- lines: fsspec's readline re-reads a whole block per line (it seeks
+    # back after each one), which cost 500x plain files; here one window of
+    # plaintext serves every line inside it.
+    def _line_window(self) -> tuple[bytes, int]:
+        """The plaintext window holding ``self.loc`` and loc's index in it
+        (``b""`` at the end of the object)."""
+        buf, at = self._lines, self._lines_at
+        if at <= self.loc < at + len(buf):
+            return buf, self.loc - at
+        end = min(self.size, self.loc + max(LINE_WINDOW, self.reader.segment_size))
+        buf = self.reader.read(self.loc, end)  # at the end: b"", after the final segment authenticated
+        self._lines, self._lines_at = buf, self.loc
+        return buf, 0
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        want = None if size is None or size < 0 else int(size)
+        pieces: list[bytes] = []
+        while want is None or want > 0:
+            buf, i = self._line_window()
+            if not buf:
+                break
+            stop = len(buf) if want is None else min(len(buf), i + want)
+            nl = buf.find(b"\n", i, stop)
+            end = stop if nl < 0 else nl + 1
+            piece = buf[i:end]
+            pieces.append(piece)
+            self.loc += len(piece)
+            if nl >= 0:
+                break
+            if want is not None:
+                want -= len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def __iter__(self) -> Iterator[bytes]:
+        # ``for line in f``: lines split in C (io.BytesIO) within a window.
+        while True:
+            buf, i = self._line_window()
+            if not buf:
+                return
+            lines = io.BytesIO(buf)
+            lines.seek(i)
+            for line in lines:
+                if line[-1:] != b"\n" and self._lines_at + len(buf) < self.size:
+                    # Cut by the window's end: the rest comes from the next window(s).
+                    self.loc += len(line)
+                    line += self.readline()
+                    yield line
+                    break
+                self.loc += len(line)
+                expected = self.loc
+                yield line
+                if self.loc != expected:
+                    break  # the caller moved (seek): restart where it went
+
+    def close(self) -> None:
+        if not self.closed:
+            self.reader.close()
+            self._lines = b""
+        super().close()
 
 
 class EncryptedWriteFile(io.IOBase):
@@ -312,7 +475,7 @@ class EncryptedWriteFile(io.IOBase):
         # Public wrapped entries name the data key when the size is reported
         # at close (the cache's max-bytes-per-data-key limit, docs/CACHE.md).
         self._wrapped = wrapped
-        self._sink = sink or open_sink(efs.fs, path, exclusive)
+        self._sink = sink or efs.io.open_sink(path, exclusive)
         try:
             self._sink.write(header)
         except BaseException:

@@ -21,7 +21,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from encfs import EncryptedFileSystem
 from encfs.errors import FormatError, IntegrityError
-from encfs.file import SMALL_OBJECT
+from encfs.file import PROBE_BYTES, SMALL_OBJECT
 from encfs.format import HEADER_REGION, MAGIC, covering_segments, segment_offset
 from encfs.sinks import TEMP_MARK, LocalSink
 
@@ -208,12 +208,15 @@ def test_random_access_one_ranged_read_and_only_covering_segments(efs_spy, spy):
             return self.inner.open(index, sealed, final)
 
     reader._cipher = CountingCipher(reader._cipher)
-    for k, n in [(10 * SEG + 5, 3 * SEG), (500 * SEG + 17, 1), (77, SEG)]:
+    for k, n in [(100 * SEG + 5, 3 * SEG), (500 * SEG + 17, 1), (77, SEG)]:
         spy.calls.clear()
         decrypted.clear()
         assert reader.read(k, k + n) == data[k : k + n]
         segs = covering_segments(k, k + n, SEG)
         assert decrypted == list(segs)
+        if segment_offset(segs[-1] + 1, SEG) <= PROBE_BYTES:
+            assert spy.calls == []  # the opening probe already holds these segments
+            continue
         assert spy.calls == [("cat_file", ("/big",), {
             "start": segment_offset(segs[0], SEG),
             "end": segment_offset(segs[-1] + 1, SEG),
@@ -225,24 +228,53 @@ def test_open_read_seek_makes_one_ranged_request(efs_spy, spy):
     efs_spy.pipe_file("/big", data)
     with efs_spy.open("/big", "rb", cache_type="none") as f:
         spy.calls.clear()
-        f.seek(20 * SEG + 3)
-        assert f.read(SEG) == data[20 * SEG + 3 : 21 * SEG + 3]
+        f.seek(200 * SEG + 3)  # past the opening probe's bytes
+        assert f.read(SEG) == data[200 * SEG + 3 : 201 * SEG + 3]
         assert [name for name, _, _ in spy.calls] == ["cat_file"]
         spy.calls.clear()
         f.seek(-5, 2)
         assert f.read() == data[-5:]
-        # the final segment was authenticated at open and is kept
+        # the final segment: authenticated when a read reaches it, then kept
+        assert [name for name, _, _ in spy.calls] == ["cat_file"]
+        spy.calls.clear()
+        f.seek(-3, 2)
+        assert f.read() == data[-3:]
         assert spy.calls == []
 
 
-def test_open_authenticates_the_final_segment_before_any_read(efs_seg, memfs):
+def test_open_costs_one_request(efs_spy, spy):
+    efs_spy.pipe_file("/big", os.urandom(SMALL_OBJECT + 10 * SEG))
+    spy.calls.clear()
+    with efs_spy.open("/big", "rb"):
+        # the probe: header and first bytes; the size from a listing entry
+        assert [name for name, _, _ in spy.calls if name != "info"] == ["cat_file"]
+
+
+@pytest.mark.parametrize("damage", ["flip-last-byte", "drop-last-segment"])
+def test_a_read_reaching_the_end_authenticates_the_final_segment(efs_seg, memfs, damage):
     data = os.urandom(SMALL_OBJECT + 10 * SEG)
     efs_seg.pipe_file("/big", data)
     raw = bytearray(memfs.cat_file("/big"))
-    raw[-1] ^= 1
+    if damage == "flip-last-byte":
+        raw[-1] ^= 1
+    else:
+        del raw[-(len(data) % SEG + 16):]
     memfs.pipe_file("/big", bytes(raw))
-    with pytest.raises(IntegrityError):
-        efs_seg.open("/big", "rb")
+    with efs_seg.open("/big", "rb") as f:
+        # the final segment is not needed yet: authentic bytes only
+        assert f.read(10) == data[:10]
+        f.seek(-1, 2)
+        with pytest.raises(IntegrityError):
+            f.read()
+        f.seek(0, 2)
+        with pytest.raises(IntegrityError):
+            f.read()  # even an empty read at the end proves the size first
+    with efs_seg.open("/big", "rb") as f:
+        with pytest.raises(IntegrityError):
+            f.read()
+    for start, end in [(0, None), (-1, None), (len(data) - 5, len(data) + 5)]:
+        with pytest.raises(IntegrityError):
+            efs_seg.cat_file("/big", start=start, end=end)
 
 
 # -- copies and moves ------------------------------------------------------------------

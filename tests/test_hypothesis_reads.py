@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import encfs.file
 from encfs import EncryptedFileSystem
+from encfs.format import HEADER_REGION
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -71,14 +72,16 @@ class _Ranged:
     """Force the ranged-read path (header first, then segment ranges) or not."""
 
     def __init__(self, on: bool) -> None:
-        self.on, self.saved = on, encfs.file.SMALL_OBJECT
+        self.on, self.saved = on, (encfs.file.SMALL_OBJECT, encfs.file.PROBE_BYTES)
 
     def __enter__(self) -> None:
         if self.on:
-            encfs.file.SMALL_OBJECT = 0
+            # The opening probe brings the header only: every segment is a
+            # ranged read, the final one authenticated when a read reaches it.
+            encfs.file.SMALL_OBJECT, encfs.file.PROBE_BYTES = 0, HEADER_REGION
 
     def __exit__(self, *exc: object) -> None:
-        encfs.file.SMALL_OBJECT = self.saved
+        encfs.file.SMALL_OBJECT, encfs.file.PROBE_BYTES = self.saved
 
 
 bounds = st.one_of(st.none(), st.integers(-8000, 16000))

@@ -21,7 +21,7 @@ from fsspec.tests.abstract import (
 from encfs import EncryptedFileSystem
 from encfs.errors import IntegrityError
 from encfs.format import HEADER_REGION, MAGIC, TAG_BYTES
-from encfs.s3 import IN_FLIGHT
+from encfs.targets.s3 import IN_FLIGHT
 
 try:
     from tests._servers import unique

@@ -89,8 +89,11 @@ def target(request, memfs, tmp_path, encfs_home, monkeypatch) -> Target:
     # record; auditing has its own tests, here it only costs time.
     monkeypatch.setenv("ENCFS_AUDIT_LOG", "off")
     if name.endswith("-ranged"):
-        # Force the ranged-read path (header read, then segment ranges).
+        # Force the ranged-read path: the opening probe brings the header
+        # only, every segment is a ranged read, and the final segment is
+        # authenticated only when a read reaches it (FORMAT.md section 7).
         monkeypatch.setattr(encfs.file, "SMALL_OBJECT", 0)
+        monkeypatch.setattr(encfs.file, "PROBE_BYTES", HEADER_REGION)
     opts: dict[str, Any] = {"keystore": str(encfs_home), "segment_size": SEG, "skip_instance_cache": True}
     if name.endswith("-nocache"):
         opts["cache"] = False
@@ -133,9 +136,18 @@ def attempts(efs: EncryptedFileSystem, path: str, *, thorough: bool) -> Iterator
             yield "cat_ranges", a, b, lambda a=a, b=b: _read_ranges(efs, path, a, b)
 
 
+def tail_damage(t: Target) -> bool | str:
+    """``partial_must_fail`` for damage to the end of an object (truncation,
+    extension, the final segment): read whole at open, every read fails; on
+    the ranged path only reads that reach the end must fail (the final
+    segment is authenticated then), and the others must return exact bytes."""
+    return "end" if t.name.endswith("-ranged") else True
+
+
 def check_reads(efs: EncryptedFileSystem, path: str, plain: bytes, expected: ErrorTypes, *,
-                partial_must_fail: bool, thorough: bool = True, exact: type | None = None) -> list[str]:
-    """Problems found (empty list = every read behaved)."""
+                partial_must_fail: bool | str, thorough: bool = True, exact: type | None = None) -> list[str]:
+    """Problems found (empty list = every read behaved).  ``partial_must_fail="end"``:
+    partial reads must fail when they reach the end of ``plain``."""
     problems: list[str] = []
     for label, a, b, read in attempts(efs, path, thorough=thorough):
         try:
@@ -151,6 +163,9 @@ def check_reads(efs: EncryptedFileSystem, path: str, plain: bytes, expected: Err
             problems.append(f"{label} returned {len(out)} bytes of a damaged object")
         elif out != plain[a:b]:
             problems.append(f"{label}[{a}:{b}] returned WRONG BYTES")
+        elif partial_must_fail == "end":
+            if b is None or b >= len(plain):
+                problems.append(f"{label}[{a}:{b}] reached the end of a damaged object and succeeded")
         elif partial_must_fail:
             problems.append(f"{label}[{a}:{b}] succeeded on an object with a damaged header")
     return problems
@@ -298,7 +313,8 @@ def test_segment_bit_flips(target: Target, region: str) -> None:
             bad = bytearray(raw)
             bad[pos] ^= 1 << bit
             target.put_raw(path, bytes(bad))
-            found = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=region.startswith("last"),
+            found = check_reads(target.efs, path, plain, IntegrityError,
+                                partial_must_fail=region.startswith("last") and tail_damage(target),
                                 exact=IntegrityError)
             problems += [f"offset {pos} bit {bit}: {p}" for p in found]
     assert not problems, "\n".join(problems[:20])
@@ -341,7 +357,9 @@ def test_truncation(target: Target) -> None:
     problems: list[str] = []
     for cut in _truncation_points(len(raw)):
         target.put_raw(path, raw[:cut])
-        found = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=True, exact=IntegrityError)
+        # Cut inside the header: every read fails at open.
+        must = True if cut < HEADER_REGION else tail_damage(target)
+        found = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=must, exact=IntegrityError)
         problems += [f"cut at {cut}: {p}" for p in found]
     assert not problems, "\n".join(problems[:20])
 
@@ -390,7 +408,8 @@ def test_appended_bytes(target: Target, extra: bytes) -> None:
     plain = _plain(8)
     path, raw = _write(target, "app.bin", plain)
     target.put_raw(path, raw + extra)
-    problems = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=True, exact=IntegrityError)
+    problems = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=tail_damage(target),
+                           exact=IntegrityError)
     assert not problems, problems
 
 
@@ -462,7 +481,7 @@ def test_swap_headers_and_bodies_between_objects(target: Target) -> None:
         target.put_raw(path, data)
         # A spliced middle segment leaves other ranges intact; everything
         # touching header or last segment must fail.
-        must = "first segment" not in label
+        must = "first segment" not in label and (tail_damage(target) if "last segment" in label else True)
         problems += [f"{label}: {p}" for p in check_reads(efs, path, oracle, IntegrityError,
                                                            partial_must_fail=must, exact=IntegrityError)]
     assert not problems, "\n".join(problems)
@@ -505,6 +524,8 @@ def test_splice_objects_sharing_one_data_key(target: Target) -> None:
     }
     problems: list[str] = []
     for label, (data, efs, oracle, must) in cases.items():
+        if must and "last segment" in label:
+            must = tail_damage(target)
         target.put_raw(a, data)
         problems += [f"{label}: {p}" for p in check_reads(efs, a, oracle, IntegrityError,
                                                            partial_must_fail=must, exact=IntegrityError)]
@@ -674,12 +695,13 @@ def test_random_damage_never_yields_wrong_bytes(memfs, encfs_home, monkeypatch, 
     if bad == raw:
         return
     memfs.pipe_file(path, bad)
-    saved = encfs.file.SMALL_OBJECT
-    encfs.file.SMALL_OBJECT = 0 if ranged else saved
+    saved = encfs.file.SMALL_OBJECT, encfs.file.PROBE_BYTES
+    if ranged:
+        encfs.file.SMALL_OBJECT, encfs.file.PROBE_BYTES = 0, HEADER_REGION
     try:
         problems = check_reads(efs, path, plain, EncfsError, partial_must_fail=False)
     finally:
-        encfs.file.SMALL_OBJECT = saved
+        encfs.file.SMALL_OBJECT, encfs.file.PROBE_BYTES = saved
         memfs.pipe_file(path, raw)
     assert not problems, "\n".join(problems)
 

@@ -1,9 +1,9 @@
-"""S3 specifics (through s3fs): atomic multipart writes, create-only writes
-with ``If-None-Match``, and server-side copies for re-binding (cp/mv).
+"""S3 specifics (through s3fs): the object size with the first ranged GET,
+overlapping ranged GETs, atomic multipart writes, create-only writes with
+``If-None-Match``, and server-side copies for re-binding (cp/mv).
 
-Imported lazily by :func:`encfs.sinks.open_sink` the first time an s3fs
-target is written to; importing it registers :class:`S3MultipartSink` for
-every ``s3fs.S3FileSystem``.
+Imported lazily by :func:`encfs.targets.target_io` the first time an s3fs
+target shows up (``import encfs`` does not import s3fs and botocore).
 
 Why multipart: a multipart upload is invisible until
 ``CompleteMultipartUpload``, so an object appears whole or not at all, and
@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from s3fs import S3FileSystem
 
-from .errors import FormatError, IntegrityError
-from .format import HEADER_REGION, TAG_BYTES, parse_header
-from .sinks import Sink, register_sink
-
-if TYPE_CHECKING:
-    from .fs import EncryptedFileSystem
+from ..errors import FormatError, IntegrityError
+from ..format import HEADER_REGION, TAG_BYTES, parse_header
+from .base import AsyncTargetIO
+from .sinks import Sink
 
 #: S3's smallest part (all parts but the last); also the smallest part we cut.
 MIN_PART = 5 * 1024 * 1024
@@ -50,8 +47,6 @@ SERVER_COPY_MIN = 2 * MIN_PART
 COPY_PART = 512 * 1024 * 1024
 #: Parts in flight while the writer keeps encrypting (bounds memory).
 IN_FLIGHT = 2
-#: Objects opened and read at once by :func:`concurrent_cat_ranges`.
-MAX_CONCURRENT_OBJECTS = 16
 
 
 class S3MultipartSink(Sink):
@@ -264,48 +259,38 @@ def _read_body(fs: S3FileSystem, resp: dict[str, Any]) -> bytes:
     return asyncio.run_coroutine_threadsafe(read(), fs.loop).result()
 
 
-def concurrent_cat_ranges(efs: EncryptedFileSystem, paths: Sequence[str], starts: Sequence[int | None],
-                          ends: Sequence[int | None], on_error: str = "return",
-                          max_workers: int = MAX_CONCURRENT_OBJECTS) -> list[Any]:
-    """``cat_ranges`` over many objects of an async target, objects in parallel.
+class S3IO(AsyncTargetIO):
+    """Reads and writes of one s3fs target."""
 
-    Each object is opened once (size, header, key unwrap, final segment) and
-    its ranges read in order by one worker thread; different objects proceed
-    at the same time.  The threads only wait: every request they make runs
-    as a coroutine on the target's own event loop (s3fs's async API), so the
-    requests of different objects overlap on the wire.
-    """
-    from .fs import _read_range
+    def probe(self, path: str, nbytes: int) -> tuple[bytes | None, int | None]:
+        """One ranged GET: the first ``nbytes`` and, from its Content-Range
+        (``bytes 0-N/SIZE``), the object's size: no HEAD request."""
+        bucket, key, version = self.fs.split_path(path)
+        if not key:
+            raise IsADirectoryError(path)
+        kw: dict[str, Any] = {"VersionId": version} if version else {}
 
-    groups: dict[str, list[int]] = {}
-    for i, path in enumerate(paths):
-        groups.setdefault(path, []).append(i)
-    out: list[Any] = [None] * len(paths)
-
-    def work(path: str, indices: list[int]) -> None:
-        try:
-            reader = efs.reader(path)
-        except Exception as exc:  # noqa: BLE001 - returned per range, as fsspec's cat_ranges does
-            for i in indices:
-                out[i] = exc
-            return
-        for i in indices:
+        async def get() -> tuple[bytes, str]:
+            resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes=0-{nbytes - 1}",
+                                          **kw, **self.fs.req_kw)
             try:
-                out[i] = _read_range(reader, starts[i], ends[i])
-            except Exception as exc:  # noqa: BLE001 - as above
-                out[i] = exc
+                return await resp["Body"].read(), resp.get("ContentRange", "")
+            finally:
+                resp["Body"].close()
 
-    workers = max(1, min(max_workers, len(groups)))
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="encfs-cat") as pool:
-        for fut in [pool.submit(work, p, idx) for p, idx in groups.items()]:
-            fut.result()
-    if on_error != "return":
-        for item in out:
-            if isinstance(item, Exception):
-                raise item
-    return out
+        try:
+            data, content_range = asyncio.run_coroutine_threadsafe(get(), self.fs.loop).result()
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
+            raise
+        except Exception:  # noqa: BLE001 - 416 for an empty object: the size path re-raises what matters
+            return None, None
+        total = content_range.rpartition("/")[2]
+        if total.isdigit():
+            return data, int(total)
+        return data, (len(data) if len(data) < nbytes else None)
+
+    def open_sink(self, path: str, exclusive: bool) -> Sink:
+        return S3MultipartSink(self.fs, path, exclusive)
 
 
-register_sink(S3FileSystem, S3MultipartSink)
-
-__all__ = ["MIN_PART", "S3MultipartSink", "concurrent_cat_ranges"]
+__all__ = ["MIN_PART", "S3IO", "S3FileSystem", "S3MultipartSink"]

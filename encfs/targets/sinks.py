@@ -1,0 +1,141 @@
+"""Atomic writers into the target filesystem.
+
+A sink receives ciphertext and makes it visible at the destination only on
+:meth:`Sink.commit`; :meth:`Sink.discard` leaves nothing behind.  This is how
+a failed or interrupted write never leaves a partial object (DESIGN.md
+section 2): each target gets the cheapest atomic strategy it offers.
+
+- local disk: a hidden temp file in the destination directory, fsync, then
+  ``os.replace`` (or ``os.link`` for create-only, which fails atomically if
+  the destination appeared meanwhile);
+- memory: bytes collected and stored in one step;
+- anything else: a hidden temp sibling, then ``mv`` onto the destination
+  (targets with native atomic uploads, such as S3 multipart, have their own
+  sink: encfs/targets/s3.py).
+
+Which sink a target gets is decided by its :class:`encfs.targets.TargetIO`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import tempfile
+
+from fsspec import AbstractFileSystem
+
+TEMP_MARK = ".encfs-tmp-"
+
+
+class Sink:
+    """Ciphertext destination with all-or-nothing visibility."""
+
+    def __init__(self, fs: AbstractFileSystem, path: str, exclusive: bool) -> None:
+        self.fs, self.path, self.exclusive = fs, path, exclusive
+        self.done = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+    def _check_exclusive(self) -> None:
+        if self.exclusive and self.fs.exists(self.path):
+            raise FileExistsError(self.path)
+
+
+class LocalSink(Sink):
+    def __init__(self, fs: AbstractFileSystem, path: str, exclusive: bool) -> None:
+        super().__init__(fs, path, exclusive)
+        parent = os.path.dirname(path) or "."
+        if getattr(fs, "auto_mkdir", False):
+            os.makedirs(parent, exist_ok=True)
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(f"directory does not exist: {parent}")
+        fd, self.temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + TEMP_MARK, dir=parent)
+        self.f = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+
+    def commit(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self.temp, 0o666 & ~mask)
+        try:
+            if self.exclusive:
+                os.link(self.temp, self.path)  # atomic create-only
+                os.unlink(self.temp)
+            else:
+                os.replace(self.temp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        self.done = True
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.f.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp)
+        self.done = True
+
+
+class BufferSink(Sink):
+    """Collect in memory, store in one step (for in-memory targets)."""
+
+    def __init__(self, fs: AbstractFileSystem, path: str, exclusive: bool) -> None:
+        super().__init__(fs, path, exclusive)
+        self.buf = io.BytesIO()
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.buf.write(data)
+
+    def commit(self) -> None:
+        self._check_exclusive()
+        self.fs.pipe_file(self.path, self.buf.getvalue())
+        self.buf = io.BytesIO()
+        self.done = True
+
+    def discard(self) -> None:
+        self.buf = io.BytesIO()
+        self.done = True
+
+
+class TempSiblingSink(Sink):
+    """Stream into a hidden sibling, then move it onto the destination."""
+
+    def __init__(self, fs: AbstractFileSystem, path: str, exclusive: bool) -> None:
+        super().__init__(fs, path, exclusive)
+        parent, _, name = path.rpartition("/")
+        self.temp = f"{parent}/.{name}{TEMP_MARK}{secrets.token_hex(6)}" if parent else f".{name}{TEMP_MARK}{secrets.token_hex(6)}"
+        self.f = fs.open(self.temp, "wb")
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+
+    def commit(self) -> None:
+        self.f.close()
+        try:
+            self._check_exclusive()
+            self.fs.mv(self.temp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        self.done = True
+
+    def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            self.f.close()
+        with contextlib.suppress(Exception):
+            self.fs.rm_file(self.temp)
+        self.done = True
