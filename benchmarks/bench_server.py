@@ -163,14 +163,14 @@ async def _load(srv: dict[str, Any], operation: str, body: bytes, seconds: float
                     errors += 1
                 latencies.append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(CLIENTS)))
-        elapsed = time.perf_counter() - t0
+        elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     latencies.sort()
     n = len(latencies)
     return {"requests": n, "rps": n / elapsed, "p50_ms": latencies[n // 2] * 1000 if n else 0,
             "p99_ms": latencies[min(n - 1, int(n * 0.99))] * 1000 if n else 0, "errors": errors,
-            "statuses": statuses, "left_unsigned": len(queue) == 0}
+            "statuses": statuses, "client_cpu_us": cpu / max(n, 1) * 1e6}
 
 
 def light_load(srv: dict[str, Any], operation: str, body: bytes, seconds: float, expect_rps: float) -> dict[str, Any]:

@@ -23,8 +23,6 @@ def server(config_path: str | None, dev: bool, port: int | None) -> None:
         import aiohttp  # noqa: F401
     except ModuleNotFoundError:
         raise ConfigurationError("the key server needs aiohttp: pip install 'encfs[server]'") from None
-    import asyncio
-
     from ..server import app, config
 
     if dev == bool(config_path):
@@ -34,7 +32,7 @@ def server(config_path: str | None, dev: bool, port: int | None) -> None:
         cfg = config.load(config_path)
         if port is not None:
             cfg.port = port
-        asyncio.run(app.serve(cfg))
+        app.run(cfg)
         return
     tmp = Path(tempfile.mkdtemp(prefix="encfs-server-dev-"))
     try:
@@ -53,6 +51,6 @@ def server(config_path: str | None, dev: bool, port: int | None) -> None:
                        f"audit: encfs audit --log {cfg.audit_path}", err=True)
             sys.stdout.flush()
 
-        asyncio.run(app.serve(cfg, on_ready=ready))
+        app.run(cfg, on_ready=ready)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -98,7 +98,7 @@ class KeyServer:
         self.principals: dict[str, Principal] = {}
         self.service: Service | None = None
         self.inflight = 0
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port = cfg.port
 
@@ -119,11 +119,16 @@ class KeyServer:
         self.service = Service(self.storage, self.master, region=self.cfg.region, account=self.cfg.account,
                                min_deletion_days=self.cfg.min_deletion_days, clock=self.clock)
         await self._sync_principals(known_master is None)
-        app = web.Application(client_max_size=self.cfg.max_body_bytes)
-        app.router.add_get("/health", self._health)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=self.cfg.shutdown_timeout)
+        loop = asyncio.get_running_loop()
+        limit = self.cfg.max_body_bytes
+
+        def request_factory(message: Any, payload: Any, protocol: Any, writer: Any, task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=limit)
+
+        # aiohttp's low-level server: one handler, no router or middlewares
+        # on the hot path.
+        self._runner = web.ServerRunner(web.Server(self._dispatch, request_factory=request_factory),
+                                        handle_signals=False, shutdown_timeout=self.cfg.shutdown_timeout)
         await self._runner.setup()
         ctx = None
         if self.cfg.tls:
@@ -137,7 +142,8 @@ class KeyServer:
             self.port = sockets[0].getsockname()[1]
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
         _event(logging.INFO, "started", endpoint=self.endpoint, storage=repr(self.storage), master_key=master.key_id,
-               audit=repr(self.sink), principals=len(self.principals))
+               audit=repr(self.sink), principals=len(self.principals),
+               event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     async def _sync_principals(self, first_start: bool) -> None:
         """Seal the configured secrets into storage; forget the clear copies."""
@@ -184,14 +190,19 @@ class KeyServer:
         return done
 
     # -- requests -----------------------------------------------------------------------
-    async def _health(self, request: web.Request) -> web.Response:
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/health" and request.method == "GET":
+            return await self._health(request)
+        return await self._handle(request)
+
+    async def _health(self, request: web.BaseRequest) -> web.Response:
         try:
             await self.storage.schema_version()
         except Exception:  # noqa: BLE001 - reported, not raised
             return web.json_response({"status": "unavailable"}, status=503)
         return web.json_response({"status": "ok", "inflight": self.inflight, "audit_backlog": self.audit.backlog})
 
-    async def _authenticate(self, request: web.Request, body: bytes) -> Caller:
+    async def _authenticate(self, request: web.BaseRequest, body: bytes) -> Caller:
         claims = self.verifier.parse(request.headers)
         self.verifier.check_claims(claims)
         if "x-amz-target" not in claims.signed_headers:
@@ -210,7 +221,7 @@ class KeyServer:
         return Caller(arn=ak.principal_arn, access_key_id=ak.access_key_id,
                       account_actions=principal.account_actions)
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
         h = os.urandom(16).hex()  # a random (version 4 layout) request id, cheaper than uuid.uuid4()
         rid = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
         started = time.perf_counter()
@@ -271,6 +282,18 @@ class KeyServer:
                    ms=round((time.perf_counter() - started) * 1000, 3))
         return web.Response(body=payload, status=status, content_type=CONTENT_TYPE,
                             headers={"x-amzn-RequestId": rid})
+
+
+def run(cfg: ServerConfig, *, on_ready: Callable[[KeyServer], None] | None = None) -> None:
+    """Serve until SIGINT/SIGTERM on a fresh event loop (uvloop's when
+    installed: it roughly halves the per-request cost of the HTTP layer)."""
+    try:
+        import uvloop
+    except ModuleNotFoundError:
+        asyncio.run(serve(cfg, on_ready=on_ready))
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(cfg, on_ready=on_ready))
 
 
 async def serve(cfg: ServerConfig, *, on_ready: Callable[[KeyServer], None] | None = None) -> None:

@@ -113,7 +113,9 @@ class GroupCommitter:
         self._queue.append((record, fut))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
-        await asyncio.shield(fut)  # a dropped client does not un-write its record
+        # aiohttp does not cancel a handler whose client went away
+        # (handler_cancellation is off), so every queued record is written.
+        await fut
 
     async def _drain(self) -> None:
         while self._queue:
