@@ -58,6 +58,7 @@ def _b64(b: bytes) -> str:
 # -- finding 3: a sealed keystore has integrity ------------------------------------------------
 @pytest.fixture
 def sealed(tmp_path, monkeypatch):
+    monkeypatch.setattr("encfs.keystore.sealing.SCRYPT_N", 2**10)  # speed; the cost is not under test
     monkeypatch.setenv("ENCFS_PASSPHRASE", PASS)
     home = tmp_path / "sealed"
     ks = LocalKeystore(home)
