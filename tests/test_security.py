@@ -8,18 +8,19 @@ import os
 import posixpath
 import stat
 import tempfile
+from pathlib import Path
 
+import fsspec
 import pytest
 
 from encfs import EncryptedFileSystem
-from encfs.cli import main
-from encfs.cli import copying
+from encfs.cli import copying, main
 from encfs.cli.util import printable
 from encfs.errors import (
     ContextMismatchError,
     IntegrityError,
-    NoUsableKeyError,
     NotRegularFileError,
+    NoUsableKeyError,
     UnsafePathError,
 )
 from encfs.format import HEADER_REGION, WrappedKey, parse_header, replace_wrapped_keys
@@ -267,17 +268,15 @@ def test_decrypting_copy_stages_next_to_destination(tmp_path, monkeypatch, encfs
         seen.append((names, modes, os.listdir(tmpdir)))
 
     dst = str(out_dir / "plain.bin")
-    import fsspec
-
     plain = fsspec.filesystem("file")
     copying.copy_file(efs, src, plain, dst, snapshot)
     assert seen and all(len(names) == 1 and modes == [0o600] and not tmp for names, modes, tmp in seen)
-    assert open(dst, "rb").read() == efs.cat_file(src)
+    assert Path(dst).read_bytes() == efs.cat_file(src)
     assert os.listdir(out_dir) == ["plain.bin"] and not os.listdir(tmpdir)
     # A failure midway leaves nothing, in either place.
-    raw = bytearray(open(src, "rb").read())
+    raw = bytearray(Path(src).read_bytes())
     raw[-40] ^= 1
-    open(src, "wb").write(bytes(raw))
+    Path(src).write_bytes(bytes(raw))
     with pytest.raises(IntegrityError):
         copying.copy_file(efs, src, plain, str(out_dir / "broken.bin"))
     assert os.listdir(out_dir) == ["plain.bin"] and not os.listdir(tmpdir)
