@@ -184,3 +184,46 @@ def test_tls(tmp_path):
         assert kms.generate_random(NumberOfBytes=8)["Plaintext"]
     finally:
         srv.stop()
+
+
+def test_removed_principal_is_revoked_and_another_master_key_is_refused(tmp_path):
+    import dataclasses
+
+    from _kms_server import make_config
+
+    from encfs.errors import ConfigurationError
+    from encfs.server.app import ServerThread
+    from encfs.server.masterkey import material_aad
+
+    cfg = make_config(tmp_path / "data", names=("admin", "alice"))
+    srv = ServerThread(cfg).start()
+    try:
+        admin, alice = (client(srv.endpoint, p) for p in cfg.principals)
+        key = admin.create_key()["KeyMetadata"]["KeyId"]
+        alice.list_keys()
+
+        async def material():
+            async with srv.server.storage.transaction() as tx:
+                ver = await tx.get_version(key, 1)
+            return ver.wrapped, srv.server.master.unwrap(ver.wrapped, material_aad(key, 1))
+        wrapped, plain = srv.call(material())
+        assert len(plain) == 32 and plain not in wrapped
+    finally:
+        srv.stop()
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("kms.db*"))
+    assert plain not in stored  # root key material only wrapped
+
+    fewer = dataclasses.replace(cfg, principals=cfg.principals[:1])
+    srv = ServerThread(fewer).start()
+    try:
+        with pytest.raises(ClientError) as exc:
+            client(srv.endpoint, cfg.principals[1]).list_keys()
+        assert exc.value.response["Error"]["Code"] == "UnrecognizedClientException"
+        assert client(srv.endpoint, cfg.principals[0]).describe_key(KeyId=key)["KeyMetadata"]["KeyId"] == key
+    finally:
+        srv.stop()
+
+    other = dataclasses.replace(cfg, master_key={"type": "local", "keystore": str(tmp_path / "other"), "create": True})
+    with pytest.raises(ConfigurationError, match="storage was written under"):
+        ServerThread(other).start()
+    ServerThread(cfg).start().stop()  # the failed start released the database

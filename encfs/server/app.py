@@ -110,6 +110,13 @@ class KeyServer:
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
         await self.storage.open()
+        try:
+            await self._start()
+        except BaseException:
+            await self.storage.close()  # releases the database lock for a retry
+            raise
+
+    async def _start(self) -> None:
         async with self.storage.transaction() as tx:
             known_master = await tx.get_meta("master_key_id")
         master = self._master or open_master_key(self.cfg, create=known_master is None)
