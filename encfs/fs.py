@@ -29,6 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.utils import isfilelike
 
+from .chaining import nested_target_options
 from .errors import (
     ConfigurationError,
     ContextMismatchError,
@@ -166,9 +167,12 @@ class EncryptedFileSystem(ChainedFileSystem):
         cache: bool | Mapping[str, Any] = True,
         **kwargs: Any,
     ) -> None:
+        # A target's options nested in ours (simplecache::enc::s3 chains):
+        # used, never ignored, or requests would go to the default endpoints.
+        target_options = nested_target_options(target_protocol, target_options, fs is not None, kwargs)
         super().__init__(**kwargs)
         if fs is None:
-            fs = filesystem(target_protocol or "file", **dict(target_options or {}))
+            fs = filesystem(target_protocol or "file", **target_options)
         elif target_protocol is not None:
             raise ConfigurationError("give either fs= or target_protocol=, not both")
         self.fs = fs
