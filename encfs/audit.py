@@ -163,7 +163,9 @@ class AuditLog:
     def sync(self) -> None:
         """fsync the log (what :meth:`append_many` without ``sync`` left to do)."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            # Opened for writing: on Windows fsync (_commit) fails with EBADF
+            # on a read-only descriptor.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | O_BINARY)
         except FileNotFoundError:
             return
         try:
