@@ -400,3 +400,33 @@ def test_cli_reports_permissions_in_one_line(encfs_home, capsys):
     code, out, err = _cli(capsys, "keys", "list")
     assert code == 1 and err.startswith("encfs: error: keystore file") and "writable by group or others" in err
     assert err.count("\n") == 1, err
+
+
+def test_keystore_of_the_first_release_still_loads(encfs_home):
+    """The schema accepts what every earlier encfs wrote: the first release's
+    records had no rotation, the document no ``deleted`` and no checksum."""
+    kid, now = "lk-" + "cd" * 16, "2026-01-01T00:00:00+00:00"
+    material = os.urandom(32)
+    doc = {"format": "encfs-keystore/1", "sealing": None, "aliases": {"default": kid},
+           "keys": {kid: {"id": kid, "created": now, "description": "encfs default key", "tags": {},
+                          "state": "Enabled", "usage": "ENCRYPT_DECRYPT", "kind": "encfs", "current_version": 1,
+                          "versions": {"1": {"created": now, "material": _b64(material)}}}}}
+    (encfs_home / "keystore.json").write_text(json.dumps(doc))
+    os.chmod(encfs_home / "keystore.json", 0o600)
+    ks = LocalKeystore(encfs_home)
+    assert ks.resolve("default") == kid and ks._material(kid, for_wrap=True) == (1, material)
+    assert ks.rotate(kid) == 2
+
+
+def test_no_permission_check_without_posix_modes(encfs_home, monkeypatch):
+    """Windows: mode bits mean nothing there (ACLs decide), so no check."""
+    import types
+
+    from encfs.keystore import permissions
+
+    kid = LocalKeystore(encfs_home).create_key()
+    os.chmod(encfs_home / "keystore.json", 0o666)
+    monkeypatch.setattr(permissions, "os", types.SimpleNamespace(name="nt", environ=os.environ, stat=os.stat))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert LocalKeystore(encfs_home).list_ids() == [kid]
