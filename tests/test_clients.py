@@ -382,3 +382,24 @@ def test_one_column_reads_fetch_a_fraction_of_the_object(target, wide, keystore,
     # Row groups the filter rules out are skipped.
     # The filter's statistics rule out 3 of the 4 row groups, which are skipped.
     assert reads["polars, the same two columns of one row group"] < 0.6 * reads["polars, two columns"], reads
+
+
+def test_http_form_reads_objects_published_over_http(moto_server, bucket, keystore):
+    """``enc+http://`` reads (HTTP takes no writes).  Objects are bound to the
+    path they were written for (here the S3 key), so reading them at an
+    HTTP URL needs ``bind_path=False``; with binding on, encfs refuses."""
+    from encfs import IntegrityError
+
+    key = f"{uuid.uuid4().hex[:12]}/pub.bin"
+    data = np.random.default_rng(5).bytes(300_000)
+    so = {"keystore": keystore, "s3": {"client_kwargs": {"endpoint_url": moto_server.endpoint, "region_name": REGION}}}
+    fsspec.filesystem("enc+s3", **so).pipe_file(f"{bucket}/{key}", data)
+    moto_server.boto3("s3").put_object_acl(Bucket=bucket, Key=key, ACL="public-read")
+    url = f"enc+{moto_server.endpoint}/{bucket}/{key}"
+    assert url.startswith("enc+http://")
+    with pytest.raises(IntegrityError):
+        fsspec.open(url, "rb", keystore=keystore).open().read()
+    fs, path = fsspec.url_to_fs(url, keystore=keystore, bind_path=False)
+    assert fs.size(path) == len(data)
+    assert fs.cat_file(path, start=123_456, end=123_500) == data[123_456:123_500]
+    assert fsspec.open(url, "rb", keystore=keystore, bind_path=False).open().read() == data
