@@ -64,14 +64,16 @@ class TargetEncryptedFileSystem(EncryptedFileSystem):
     def _strip_protocol(cls, path: Any) -> Any:
         """``enc+s3://b/k`` → ``b/k``: the target's own path, which is what
         ``url_to_fs`` returns for ``enc::s3://b/k`` too (dask and pyarrow
-        compare listed paths against it).  A trailing "/" is kept, as in
-        EncryptedFileSystem."""
+        compare listed paths against it).  Trailing "/" are all kept, as in
+        EncryptedFileSystem._target_path ("x/" and "x//" are other objects
+        than "x" on S3; FORMAT.md section 4.1)."""
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
         url = super()._strip_protocol(path)
         stripped = fsspec.get_filesystem_class(cls.target)._strip_protocol(url)
-        if url.endswith("/") and stripped and not stripped.endswith("/"):
-            stripped += "/"
+        trail = len(url) - len(url.rstrip("/"))
+        if trail and stripped and url.rstrip("/"):
+            stripped = stripped.rstrip("/") + "/" * trail
         return stripped
 
 

@@ -200,3 +200,11 @@ def test_cli_takes_the_form(tmp_path):
     _ciphertext((tmp_path / "sealed.txt").read_bytes())
     shown = runner.invoke(cli, ["cat", f"enc+file://{tmp_path}/sealed.txt"])
     assert shown.exit_code == 0 and shown.output == f"{MARKER} cli"
+
+
+def test_trailing_slashes_map_as_in_the_chained_form(so):
+    form = fsspec.filesystem("enc+memory", **so)
+    chained = fsspec.filesystem("enc", target_protocol="memory", **so)
+    for url in ("/a/x", "/a/x/", "/a/x//", "/"):
+        assert form._target_path(f"enc+memory://{url}") == chained._target_path(f"enc::memory://{url}"), url
+    assert EncMemoryFileSystem._strip_protocol("enc+memory:///a/x//") == "/a/x//"
