@@ -44,21 +44,20 @@ class TargetEncryptedFileSystem(EncryptedFileSystem):
         **kwargs: Any,
     ) -> None:
         # fsspec's _un_chain hands this class every top-level option,
-        # including the nested dicts that the chained form would have
-        # routed to the other layers.
+        # including a nested "enc" dict that the chained form would have
+        # routed to the enc layer (the target's own dict, "s3": {...}, is
+        # taken by EncryptedFileSystem, encfs/chaining.py).
         nested_enc = kwargs.pop("enc", None) or {}
-        nested_target = kwargs.pop(self.target, None) or {}
         kwargs = {**nested_enc, **kwargs}  # top level wins, as in fsspec's chaining
         if target_protocol is not None and target_protocol != self.target:
             raise ConfigurationError(
                 f"{form_protocol(self.target)}:// stores on {self.target!r}, not {target_protocol!r}")
         if fs is not None:
-            if nested_target or target_options:
-                raise ConfigurationError("give either fs= or the target's options, not both")
+            if target_options:
+                raise ConfigurationError("give either fs= or target_options=, not both")
             super().__init__(fo, fs=fs, **kwargs)
         else:
-            options = {**nested_target, **dict(target_options or {})}
-            super().__init__(fo, target_protocol=self.target, target_options=options, **kwargs)
+            super().__init__(fo, target_protocol=self.target, target_options=target_options, **kwargs)
 
     @classmethod
     def _strip_protocol(cls, path: Any) -> Any:

@@ -181,9 +181,6 @@ class EncryptedFileSystem(ChainedFileSystem):
         # protocol the filesystem declares, and unstrip_protocol returns
         # that form (encfs/urls.py).
         self.protocol = self._declared_protocols(fs)
-        # Directories made through this instance (see ls): object stores
-        # keep none, so a fresh prefix would not list until written to.
-        self._made_dirs: set[str] = set()
         #: How this target is read and written (encfs/targets/).
         self.io: TargetIO = target_io(fs)
         self.segment_size = check_segment_size(segment_size)
@@ -335,16 +332,7 @@ class EncryptedFileSystem(ChainedFileSystem):
         return TEMP_MARK in name.rsplit("/", 1)[-1]
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
-        tpath = self._target_path(path)
-        try:
-            entries = self.fs.ls(tpath, detail=True, **kwargs)
-        except FileNotFoundError:
-            # A directory just made on an object store (where mkdir stores
-            # nothing) lists as empty, as it would on a disk: DuckDB's
-            # partitioned COPY makes one and checks that it is empty.
-            if tpath.rstrip("/") in self._made_dirs:
-                return []
-            raise
+        entries = self.fs.ls(self._target_path(path), detail=True, **kwargs)
         entries = [self._plain_info(e) for e in entries if not self._hidden(e["name"])]
         return entries if detail else [e["name"] for e in entries]
 
@@ -385,30 +373,21 @@ class EncryptedFileSystem(ChainedFileSystem):
         return self.fs.modified(self._target_path(path))
 
     def mkdir(self, path: str, create_parents: bool = True, **kwargs: Any) -> None:
-        tpath = self._target_path(path)
-        self.fs.mkdir(tpath, create_parents=create_parents, **kwargs)
-        self._made_dirs.add(tpath.rstrip("/"))
+        self.fs.mkdir(self._target_path(path), create_parents=create_parents, **kwargs)
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
-        tpath = self._target_path(path)
-        self.fs.makedirs(tpath, exist_ok=exist_ok)
-        self._made_dirs.add(tpath.rstrip("/"))
+        self.fs.makedirs(self._target_path(path), exist_ok=exist_ok)
 
     def rmdir(self, path: str) -> None:
-        tpath = self._target_path(path)
-        self.fs.rmdir(tpath)
-        self._made_dirs.discard(tpath.rstrip("/"))
+        self.fs.rmdir(self._target_path(path))
 
     def rm_file(self, path: str) -> None:
         self.fs.rm_file(self._target_path(path))
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
         # The target knows best how to recurse (and batch deletes).
-        tpaths = [self._target_path(path)] if isinstance(path, str) else [self._target_path(p) for p in path]
-        gone = {p.rstrip("/") for p in tpaths}
-        self._made_dirs.difference_update({d for d in self._made_dirs
-                                           if d in gone or any(d.startswith(g + "/") for g in gone)})
-        self.fs.rm(tpaths[0] if isinstance(path, str) else tpaths, recursive=recursive, maxdepth=maxdepth)
+        self.fs.rm(self._target_path(path) if isinstance(path, str) else [self._target_path(p) for p in path],
+                   recursive=recursive, maxdepth=maxdepth)
 
     def invalidate_cache(self, path: str | None = None) -> None:
         self.fs.invalidate_cache(self._target_path(path) if path else None)

@@ -211,8 +211,12 @@ def test_duckdb_parquet_csv_json_globs_and_hive(site, frame):
     con.register("frame", frame)
     url = site.duckdb_url
 
-    # Writes: a hive-partitioned Parquet tree, gzip CSV, JSON.
-    con.sql(f"COPY frame TO '{url}/hive' (FORMAT parquet, COMPRESSION uncompressed, PARTITION_BY (region))")
+    # Writes: a hive-partitioned Parquet tree, gzip CSV, JSON.  A partitioned
+    # COPY checks that its directory is empty, by listing it; an object store
+    # has no empty directories (fsspec raises FileNotFoundError for the
+    # listing, as for plain s3fs), so there the check is waived.
+    waive = ", OVERWRITE_OR_IGNORE true" if site.style.endswith("s3") else ""
+    con.sql(f"COPY frame TO '{url}/hive' (FORMAT parquet, COMPRESSION uncompressed, PARTITION_BY (region){waive})")
     con.sql(f"COPY (SELECT * FROM frame WHERE id < 1500) TO '{url}/csv/a.csv.gz' (FORMAT csv, COMPRESSION gzip)")
     con.sql(f"COPY (SELECT * FROM frame WHERE id >= 1500) TO '{url}/csv/b.csv.gz' (FORMAT csv, COMPRESSION gzip)")
     con.sql(f"COPY frame TO '{url}/rows.json' (FORMAT json)")
