@@ -15,6 +15,7 @@ This module is the public handle, :class:`LocalKeystore`; the work is split:
 - storage.py: the JSON file itself (atomic writes, lock, checksum, backup);
 - sealing.py: the passphrase-derived keys; permissions.py: mode checks;
 - lifecycle.py: states, rotation, deletion, due work (docs/KEYS.md);
+- metadata.py: aliases, tags, descriptions;
 - importer.py / transfer.py: export bundles and merging them in.
 
 Key material leaves this package only through :meth:`LocalKeystore._material`,
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, KeyNotFoundError, KeyStateError, KeystoreError
-from . import lifecycle
+from . import lifecycle, metadata
 from .document import DocumentStore
 from .importer import merge_records
 from .model import (  # noqa: F401 - re-exported: the public names of the first store.py
@@ -244,13 +245,10 @@ class LocalKeystore:
         rotation_days: int | None = None,
     ) -> str:
         """Create a customer-managed root key from the CSPRNG; return its id."""
-        alias = normalize_alias(alias) if alias else None
         if kind != CUSTOMER:
             raise ConfigurationError("only customer keys can be created directly; managed keys come from managed_key()")
-        if alias and is_reserved_alias(alias):
-            raise ConfigurationError(f"alias {alias!r} is reserved for encfs-managed keys")
-        if len(description) > MAX_DESCRIPTION:
-            raise ConfigurationError(f"description longer than {MAX_DESCRIPTION} characters")
+        alias = metadata.user_alias(alias) if alias else None
+        metadata.check_description(description)
         tags = check_tags(tags or {})
         if rotation_days is not None:
             check_rotation_days(rotation_days)
@@ -355,39 +353,14 @@ class LocalKeystore:
     def disable_rotation(self, key_id: str) -> None:
         self._change_key(key_id, lambda doc, rec: lifecycle.disable_rotation(rec))
 
-    # -- metadata --------------------------------------------------------------------
-    def _alias_target(self, doc: dict[str, Any], key_id: str) -> None:
-        rec = doc["keys"].get(key_id)
-        if rec is None:
-            self._not_found(doc, key_id)
-        if rec["state"] == PENDING_DELETION:
-            lifecycle.refuse(rec, "take an alias")
-
+    # -- metadata (metadata.py) -----------------------------------------------------
     def create_alias(self, alias: str, key_id: str) -> None:
-        alias = normalize_alias(alias)
-        if is_reserved_alias(alias):
-            raise ConfigurationError(f"alias {alias!r} is reserved for encfs-managed keys")
-
-        def change(doc: dict[str, Any]) -> None:
-            if alias in doc["aliases"]:
-                raise ConfigurationError(f"alias {alias!r} already exists (use 'alias update')")
-            self._alias_target(doc, key_id)
-            doc["aliases"][alias] = key_id
-
-        self._update(change)
+        alias = metadata.user_alias(alias)
+        self._update(lambda doc: metadata.create_alias(doc, alias, key_id, self._not_found))
 
     def update_alias(self, alias: str, key_id: str) -> None:
-        alias = normalize_alias(alias)
-        if is_reserved_alias(alias):
-            raise ConfigurationError(f"alias {alias!r} is reserved for encfs-managed keys")
-
-        def change(doc: dict[str, Any]) -> None:
-            if alias not in doc["aliases"]:
-                raise KeyNotFoundError(f"alias {alias!r} does not exist", key=f"local://alias/{alias}")
-            self._alias_target(doc, key_id)
-            doc["aliases"][alias] = key_id
-
-        self._update(change)
+        alias = metadata.user_alias(alias)
+        self._update(lambda doc: metadata.update_alias(doc, alias, key_id, self._not_found))
 
     def set_alias(self, alias: str, key_id: str) -> None:
         """Create or move an alias."""
@@ -398,48 +371,19 @@ class LocalKeystore:
             self.create_alias(alias, key_id)
 
     def delete_alias(self, alias: str) -> None:
-        alias = normalize_alias(alias)
-        if is_reserved_alias(alias):
-            raise ConfigurationError(f"alias {alias!r} is reserved for encfs-managed keys")
-
-        def change(doc: dict[str, Any]) -> None:
-            if doc["aliases"].pop(alias, None) is None:
-                raise KeyNotFoundError(f"alias {alias!r} does not exist", key=f"local://alias/{alias}")
-
-        self._update(change)
+        alias = metadata.user_alias(alias)
+        self._update(lambda doc: metadata.delete_alias(doc, alias))
 
     def tag(self, key_id: str, tags: Mapping[str, str]) -> None:
         tags = check_tags(tags)
-
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
-            if rec["state"] == PENDING_DELETION:
-                lifecycle.refuse(rec, "tag")
-            merged = {**rec.get("tags", {}), **tags}
-            if len(merged) > MAX_TAGS:
-                raise ConfigurationError(f"a key holds at most {MAX_TAGS} tags")
-            rec["tags"] = merged
-
-        self._change_key(key_id, fn)
+        self._change_key(key_id, lambda doc, rec: metadata.tag(rec, tags))
 
     def untag(self, key_id: str, names: list[str]) -> None:
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
-            if rec["state"] == PENDING_DELETION:
-                lifecycle.refuse(rec, "untag")
-            for name in names:
-                rec.get("tags", {}).pop(name, None)
-
-        self._change_key(key_id, fn)
+        self._change_key(key_id, lambda doc, rec: metadata.untag(rec, names))
 
     def set_description(self, key_id: str, description: str) -> None:
-        if len(description) > MAX_DESCRIPTION:
-            raise ConfigurationError(f"description longer than {MAX_DESCRIPTION} characters")
-
-        def fn(doc: dict[str, Any], rec: dict[str, Any]) -> None:
-            if rec["state"] == PENDING_DELETION:
-                lifecycle.refuse(rec, "change its description")
-            rec["description"] = description
-
-        self._change_key(key_id, fn)
+        metadata.check_description(description)
+        self._change_key(key_id, lambda doc, rec: metadata.set_description(rec, description))
 
     # -- export / import (transfer.py seals bundles; importer.py merges them) ---------
     def export_records(self, key_ids: list[str] | None = None) -> dict[str, Any]:
