@@ -175,6 +175,8 @@ def hsm_check(key: str, module: str | None) -> None:
     info = provider.describe(ref)
     click.echo(f"key:              {info.uri}\nmodule:           {provider.module_path}")
     click.echo(f"versions:         {', '.join(info.versions)} (current {info.current_version})")
+    if info.extra.get("provisioned", "encfs") != "encfs":
+        click.echo(f"provisioned:      {info.extra['provisioned']}")
     bad = [f"{attr}={info.extra.get(attr)}" for attr, want in KEY_POLICY.items() if info.extra.get(attr) is not want]
     context = {"check": "encfs hsm check"}
     dek = os.urandom(32)

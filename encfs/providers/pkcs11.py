@@ -12,7 +12,11 @@ Versions: every version of a key is its own token object with the same
 ``CKA_LABEL`` and a ``CKA_ID`` of 4 bytes holding the version number
 (big-endian).  The current version is the highest; rotation generates the
 next one and never deletes older ones, so objects wrapped under them still
-open.
+open.  A key provisioned outside encfs (any other ``CKA_ID``) is version 1
+of its label; rotating it adds versions 2, 3, ... in encfs's scheme.  A key
+wraps new data keys only if it is an AES-256 secret key that is sensitive,
+not extractable and allowed to encrypt and decrypt; otherwise the error
+says which of these fails (docs/HSM.md "Keys provisioned elsewhere").
 
 Secrets: the module path and token label come from options or environment;
 the user PIN only from ``ENCFS_PKCS11_PIN`` or the file named by
@@ -30,6 +34,7 @@ import struct
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..errors import (
@@ -37,6 +42,7 @@ from ..errors import (
     IntegrityError,
     KeyNotFoundError,
     KeyServiceError,
+    KeyStateError,
     KeyUnavailableError,
 )
 from ..format import DEK_BYTES, WrappedKey, encode_context
@@ -55,6 +61,7 @@ from .pkcs11_token import (  # noqa: F401
     _module,
     _pkcs11,
     _TokenPool,
+    _Unusable,
     read_pin,
     translate,
 )
@@ -79,6 +86,78 @@ def wrap_aad(name: KeyName, version: str, context: Mapping[str, str]) -> bytes:
     for part in (bytes([BLOB_V1]), WRAP_SUITE, name.token.encode(), name.label.encode(), version.encode("ascii")):
         out += struct.pack(">H", len(part)) + part
     return bytes(out) + encode_context(context)
+
+
+# -- key objects found by label ------------------------------------------------------
+@dataclass
+class _Found:
+    """The objects a label names: encfs versions (a key provisioned outside
+    encfs counts as version 1), secret keys without a version id, and a
+    description of every other object (a key pair, a certificate)."""
+
+    versions: dict[int, list[Any]] = field(default_factory=dict)
+    foreign: list[Any] = field(default_factory=list)
+    foreign_v1: bool = False
+    others: list[str] = field(default_factory=list)
+
+
+def _version_of(ident: Any) -> int:
+    """The encfs version in a CKA_ID (4 bytes, big-endian, > 0), else 0."""
+    if isinstance(ident, bytes) and len(ident) == _ID.size:
+        return _ID.unpack(ident)[0]
+    return 0
+
+
+def _id_text(ident: Any) -> str:
+    return ident.hex() if isinstance(ident, bytes) and ident else "(empty)"
+
+
+def _enum_name(value: Any) -> str:
+    return getattr(value, "name", str(value)).replace("_", " ")
+
+
+def _kind(p11: Any, obj: Any) -> str:
+    """'RSA private key', 'certificate', ... for error messages."""
+    cls = obj.object_class
+    what = _enum_name(cls).lower()
+    if cls in (p11.ObjectClass.PUBLIC_KEY, p11.ObjectClass.PRIVATE_KEY, p11.ObjectClass.SECRET_KEY):
+        try:
+            what = f"{_enum_name(obj[p11.Attribute.KEY_TYPE])} {what}"
+        except p11.exceptions.PKCS11Error:
+            pass
+    return what
+
+
+def _key_type(p11: Any, obj: Any) -> str:
+    """'AES-256', 'DES3', ... of a secret key."""
+    A = p11.Attribute
+    key_type = obj[A.KEY_TYPE]
+    if key_type == p11.KeyType.AES:
+        return f"AES-{8 * int(obj[A.VALUE_LEN])}"
+    return _enum_name(key_type)
+
+
+def _problems(p11: Any, obj: Any, *, wrap: bool) -> list[str]:
+    """Why secret key ``obj`` cannot serve as a root key (empty: it can).
+    Unwrapping needs an AES-256 key allowed to decrypt; wrapping new data
+    keys also needs it sensitive, not extractable and allowed to encrypt,
+    whoever provisioned it (docs/HSM.md "Keys provisioned elsewhere")."""
+    A = p11.Attribute
+    key_type = _key_type(p11, obj)
+    if key_type != "AES-256":
+        return [f"its key type is {key_type} (root keys are AES-256)"]
+    attrs = obj.get_attributes([A.SENSITIVE, A.EXTRACTABLE, A.ENCRYPT, A.DECRYPT, A.WRAP])
+    out = []
+    if wrap and not attrs[A.SENSITIVE]:
+        out.append("it is not sensitive (CKA_SENSITIVE=false: its value can be read out of the token)")
+    if wrap and attrs[A.EXTRACTABLE]:
+        out.append("it is extractable (CKA_EXTRACTABLE=true: it can be wrapped out of the token)")
+    only_wrap = " (it allows only C_WrapKey/C_UnwrapKey)" if attrs[A.WRAP] else ""
+    if wrap and not attrs[A.ENCRYPT]:
+        out.append(f"it may not encrypt (CKA_ENCRYPT=false: encfs wraps data keys with C_Encrypt){only_wrap}")
+    if not attrs[A.DECRYPT]:
+        out.append(f"it may not decrypt (CKA_DECRYPT=false: encfs unwraps data keys with C_Decrypt){only_wrap}")
+    return out
 
 
 # -- the provider -------------------------------------------------------------------
@@ -154,27 +233,59 @@ class Pkcs11Provider(KeyProvider):
         return KeyName.parse(ref.name)
 
     @staticmethod
-    def _versions(lease: _Lease, name: KeyName) -> dict[int, list[Any]]:
-        """Every encfs-managed version object of ``name`` (label match, 4-byte ID)."""
+    def _lookup(lease: _Lease, name: KeyName) -> _Found:
+        """Every object labelled ``name.label``, sorted into versions."""
         p11 = _pkcs11()
         A = p11.Attribute
-        found = list(lease.session.get_objects({A.CLASS: p11.ObjectClass.SECRET_KEY, A.LABEL: name.label}))
-        out: dict[int, list[Any]] = {}
-        for obj in found:
-            ident = obj[A.ID]
-            if isinstance(ident, bytes) and len(ident) == _ID.size and _ID.unpack(ident)[0] > 0:
-                out.setdefault(_ID.unpack(ident)[0], []).append(obj)
-        return out
+        found = _Found()
+        for obj in list(lease.session.get_objects({A.LABEL: name.label})):
+            if obj.object_class != p11.ObjectClass.SECRET_KEY:
+                found.others.append(_kind(p11, obj))
+                continue
+            version = _version_of(obj[A.ID])
+            if version:
+                found.versions.setdefault(version, []).append(obj)
+            else:
+                found.foreign.append(obj)
+        if found.foreign and 1 not in found.versions:
+            # Provisioned outside encfs (pkcs11-tool, a vendor console, an
+            # SO's script): whatever its CKA_ID, it is version 1 of the label.
+            found.versions[1] = list(found.foreign)
+            found.foreign_v1 = True
+        return found
 
-    def _current(self, lease: _Lease, name: KeyName) -> tuple[int, list[Any]]:
-        versions = self._versions(lease, name)
-        if not versions:
+    def _current(self, lease: _Lease, name: KeyName, operation: str,
+                 found: _Found | None = None) -> tuple[int, list[Any], bool]:
+        """(version, its objects, whether it is a key provisioned outside encfs)."""
+        found = found or self._lookup(lease, name)
+        if not found.versions:
+            if found.others:
+                raise _Unusable(KeyStateError(
+                    f"{name.uri} cannot be a root key: its label names only other objects "
+                    f"({', '.join(sorted(found.others))}), no AES-256 secret key", key=name.uri, operation=operation))
             raise _Missing()
-        version = max(versions)
-        return version, versions[version]
+        version = max(found.versions)
+        return version, found.versions[version], version == 1 and found.foreign_v1
 
-    @staticmethod
-    def _version_objects(lease: _Lease, name: KeyName, version: int) -> list[Any]:
+    def _wrapping_object(self, lease: _Lease, name: KeyName, operation: str) -> tuple[int, Any]:
+        """The current version's object, checked fit to wrap new data keys."""
+        version, objs, foreign = self._current(lease, name, operation)
+        if foreign and len(objs) > 1:
+            ids = ", ".join(_id_text(o[_pkcs11().Attribute.ID]) for o in objs)
+            raise KeyStateError(
+                f"{name.uri} is ambiguous: {len(objs)} secret keys carry the label {name.label!r} without an "
+                f"encfs version id (CKA_ID {ids}); give the one to use a label of its own",
+                key=name.uri, operation=operation)
+        obj = objs[0]
+        if obj.handle not in lease.checked:
+            problems = _problems(_pkcs11(), obj, wrap=True)
+            if problems:
+                raise KeyStateError(f"{name.uri} (version {version}) cannot wrap data keys: {'; '.join(problems)}",
+                                    key=name.uri, operation=operation)
+            lease.checked.add(obj.handle)
+        return version, obj
+
+    def _version_objects(self, lease: _Lease, name: KeyName, version: int) -> list[Any]:
         cached = lease.keys.get((name.label, version))
         if cached is not None:
             return cached
@@ -182,6 +293,16 @@ class Pkcs11Provider(KeyProvider):
         A = p11.Attribute
         objs = list(lease.session.get_objects(
             {A.CLASS: p11.ObjectClass.SECRET_KEY, A.LABEL: name.label, A.ID: _ID.pack(version)}))
+        if not objs and version == 1:
+            found = self._lookup(lease, name)
+            if found.foreign_v1:
+                # Any of them may be the one that wrapped it: GCM picks.
+                checked = [(o, _problems(p11, o, wrap=False)) for o in found.foreign]
+                objs = [o for o, problems in checked if not problems]
+                if not objs:
+                    why = "; ".join(sorted({p for _, problems in checked for p in problems}))
+                    raise KeyStateError(f"{name.uri} (version 1) cannot unwrap data keys: {why}",
+                                        key=name.uri, operation="unwrap")
         if not objs:
             raise _Missing()
         lease.keys[(name.label, version)] = objs
@@ -191,6 +312,8 @@ class Pkcs11Provider(KeyProvider):
              missing: Callable[[], KeyServiceError] | None = None) -> T:
         try:
             return self._pool(name.token).run(fn, name=name, operation=operation)
+        except _Unusable as exc:
+            raise exc.error from None
         except _Missing:
             err = missing() if missing else KeyNotFoundError(
                 f"no key labelled {name.label!r} in PKCS#11 token {name.token!r}", key=name.uri, operation=operation)
@@ -199,7 +322,7 @@ class Pkcs11Provider(KeyProvider):
     # -- KeyProvider -------------------------------------------------------------------
     def resolve(self, ref: KeyRef) -> str:
         name = self._name(ref)
-        self._run(name, "resolve", lambda lease: self._current(lease, name))
+        self._run(name, "resolve", lambda lease: self._current(lease, name, "resolve"))
         return name.key_id
 
     def allows(self, wrapped: WrappedKey, refs: list[KeyRef]) -> bool:
@@ -220,10 +343,10 @@ class Pkcs11Provider(KeyProvider):
         p11 = _pkcs11()
 
         def op(lease: _Lease) -> tuple[int, bytes]:
-            version, objs = self._current(lease, name)
+            version, obj = self._wrapping_object(lease, name, "wrap")
             iv = os.urandom(IV_BYTES)
             params = p11.mechanisms.GCMParams(iv, wrap_aad(name, str(version), context), TAG_BYTES * 8)
-            return version, iv + objs[0].encrypt(dek, mechanism=p11.Mechanism.AES_GCM, mechanism_param=params)
+            return version, iv + obj.encrypt(dek, mechanism=p11.Mechanism.AES_GCM, mechanism_param=params)
 
         version, sealed = self._run(name, "wrap", op)
         return WrappedKey(self.scheme, name.key_id, str(version), bytes([BLOB_V1]) + sealed)
@@ -269,26 +392,34 @@ class Pkcs11Provider(KeyProvider):
         A = p11.Attribute
 
         def op(lease: _Lease) -> KeyInfo:
-            versions = self._versions(lease, name)
-            if not versions:
-                raise _Missing()
+            found = self._lookup(lease, name)
+            version, current, foreign = self._current(lease, name, "describe", found)
+            versions = found.versions
             objs = [obj for group in versions.values() for obj in group]
 
             def every(attr: Any) -> bool:
                 return all(bool(obj[attr]) for obj in objs)
 
+            if foreign and len(current) > 1:
+                problems = [f"{len(current)} secret keys carry the label without an encfs version id"]
+            else:
+                problems = _problems(p11, current[0], wrap=True)
             # Attributes over *all* versions: one extractable old version is
             # enough for the key's material to leave the token.
+            extra: dict[str, Any] = {
+                "token": name.token, "label": name.label, "module": self.module_path,
+                "key_type": "/".join(sorted({_key_type(p11, obj) for obj in objs})),
+                "sensitive": every(A.SENSITIVE), "extractable": any(bool(obj[A.EXTRACTABLE]) for obj in objs),
+                "always_sensitive": every(A.ALWAYS_SENSITIVE), "never_extractable": every(A.NEVER_EXTRACTABLE),
+                "generated_in_token": every(A.LOCAL),
+                "provisioned": "outside encfs (version 1 has no encfs CKA_ID)" if found.foreign_v1 else "encfs",
+                "usable": not problems,
+            }
+            if problems:
+                extra["problem"] = "; ".join(problems)
             return KeyInfo(
                 uri=name.uri, key_id=name.key_id, provider=self.scheme, state="Enabled",
-                current_version=str(max(versions)), versions=[str(n) for n in sorted(versions)],
-                extra={
-                    "token": name.token, "label": name.label, "module": self.module_path,
-                    "key_type": "/".join(sorted({f"AES-{8 * int(obj[A.VALUE_LEN])}" for obj in objs})),
-                    "sensitive": every(A.SENSITIVE), "extractable": any(bool(obj[A.EXTRACTABLE]) for obj in objs),
-                    "always_sensitive": every(A.ALWAYS_SENSITIVE), "never_extractable": every(A.NEVER_EXTRACTABLE),
-                    "generated_in_token": every(A.LOCAL),
-                },
+                current_version=str(version), versions=[str(n) for n in sorted(versions)], extra=extra,
             )
 
         return self._run(name, "describe", op)
@@ -318,8 +449,10 @@ class Pkcs11Provider(KeyProvider):
         A = p11.Attribute
 
         def op(lease: _Lease) -> list[str]:
-            objs = lease.session.get_objects({A.CLASS: p11.ObjectClass.SECRET_KEY})
-            return sorted({o[A.LABEL] for o in objs if isinstance(o[A.ID], bytes) and len(o[A.ID]) == _ID.size})
+            # encfs's own keys, and AES keys provisioned by other tools.
+            objs = list(lease.session.get_objects({A.CLASS: p11.ObjectClass.SECRET_KEY}))
+            return sorted({o[A.LABEL] for o in objs
+                           if o[A.LABEL] and (_version_of(o[A.ID]) or o[A.KEY_TYPE] == p11.KeyType.AES)})
 
         labels = self._pool(token).run(op, name=None, operation="list")
         return [self.describe(KeyRef(self.scheme, f"{token}/{label}")) for label in labels]
@@ -348,7 +481,12 @@ class Pkcs11Provider(KeyProvider):
         name = self._name_for_create(alias)
 
         def op(lease: _Lease) -> None:
-            if self._versions(lease, name):
+            found = self._lookup(lease, name)
+            if found.foreign_v1:
+                raise ConfigurationError(
+                    f"key {name.uri} already exists, provisioned outside encfs: use it as it is "
+                    "('encfs hsm check' tells whether it qualifies), or rotate it to add encfs versions")
+            if found.versions:
                 raise ConfigurationError(f"key {name.uri} already exists")
             self._generate(lease, name, 1)
 
@@ -361,7 +499,7 @@ class Pkcs11Provider(KeyProvider):
         name = self._name(ref)
 
         def op(lease: _Lease) -> None:
-            version, _ = self._current(lease, name)
+            version, _, _ = self._current(lease, name, "rotate")
             if version >= MAX_VERSION:
                 raise ConfigurationError(f"key {name.uri} has no version numbers left")
             self._generate(lease, name, version + 1)

@@ -158,6 +158,16 @@ class _Missing(Exception):
     caller turns it into KeyNotFoundError."""
 
 
+class _Unusable(_Missing):
+    """The label names objects, but none that can serve as a root key (a
+    public RSA key is visible without login, so this too may mean a lost
+    login).  ``error`` says why, for the caller to raise."""
+
+    def __init__(self, error: KeyServiceError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 # -- process-wide module and session state --------------------------------------------
 class _Module:
     """One loaded PKCS#11 module: the python-pkcs11 ``lib``, the lock that
@@ -224,6 +234,8 @@ class _Lease:
     session: Any
     generation: int
     keys: dict[tuple[str, int], list[Any]] = field(default_factory=dict)
+    #: Handles of key objects that passed the root-key checks (pkcs11.py).
+    checked: set[int] = field(default_factory=set)
 
 
 class _TokenPool:
