@@ -26,7 +26,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 #: The modules run again without POSIX-only functions (keystore, audit log,
 #: key administration, and the local-disk target with its atomic sink).
-RERUN = ["test_keystore.py", "test_audit.py", "test_keys_cli.py", "test_fs.py", "test_transactions.py"]
+RERUN = ["test_keystore.py", "test_keystore_security.py", "test_audit.py", "test_keys_cli.py", "test_fs.py",
+         "test_transactions.py"]
 
 
 def _nonposix_env() -> dict[str, str]:
