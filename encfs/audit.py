@@ -214,7 +214,7 @@ class AuditLog:
         if size == 0:
             return 0, GENESIS, False
         with open(self.path, "rb") as f:
-            chunk = 65536
+            chunk = 4096  # a record is a few hundred bytes: usually one small read
             pos, buf = size, b""
             f.seek(max(0, size - 1))
             torn = f.read(1) != b"\n"
@@ -232,6 +232,7 @@ class AuditLog:
                         return int(rec["seq"]), str(rec["hash"]), torn
                 if pos == 0:
                     return 0, GENESIS, torn
+                chunk = min(chunk * 4, 1 << 20)
 
     # -- reading ---------------------------------------------------------
     def lines(self) -> Iterator[tuple[int, bytes]]:

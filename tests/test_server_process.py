@@ -227,3 +227,70 @@ def test_removed_principal_is_revoked_and_another_master_key_is_refused(tmp_path
     with pytest.raises(ConfigurationError, match="storage was written under"):
         ServerThread(other).start()
     ServerThread(cfg).start().stop()  # the failed start released the database
+
+
+def test_two_workers_share_keys_grants_and_one_audit_chain(tmp_path):
+    from encfs.audit import AuditLog
+
+    port = _free_port()
+    creds = {"admin": new_access_key(), "alice": new_access_key()}
+    env = {**os.environ, **{f"TEST_SECRET_{n.upper()}": c[1] for n, c in creds.items()}}
+    cfg_path = _write_config(tmp_path, port, creds, extra="workers = 2\n")
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([*ENCFS, "server", "--config", str(cfg_path)], env=env, stderr=subprocess.PIPE)
+    try:
+        _wait_healthy(endpoint, proc)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        principals = {n: _P(n, *c) for n, c in creds.items()}
+        admin = client(endpoint, principals["admin"])
+        key = admin.create_key()["KeyMetadata"]["KeyId"]
+        grant = admin.create_grant(KeyId=key, GranteePrincipal=arn("alice"), Operations=["GenerateDataKey"])
+        # Fresh clients, fresh connections: the requests spread over both workers.
+        alices = [client(endpoint, principals["alice"]) for _ in range(6)]
+        calls = 3  # create_key, create_grant, revoke_grant
+        for kms in alices:
+            kms.generate_data_key(KeyId=key, KeySpec="AES_256")
+            calls += 1
+        admin.revoke_grant(KeyId=key, GrantId=grant["GrantId"])
+        for kms in alices:  # refused at once, whichever worker answers
+            with pytest.raises(ClientError):
+                kms.generate_data_key(KeyId=key, KeySpec="AES_256")
+            calls += 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = AuditLog(tmp_path / "data" / "audit.log")
+    result = log.verify()
+    assert result.ok and result.count == calls, result.problems
+    assert {r.get("source") for r in log.records()} == {"127.0.0.1"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path):
+    port = _free_port()
+    creds = {"admin": new_access_key()}
+    env = {**os.environ, "TEST_SECRET_ADMIN": creds["admin"][1]}
+    cfg_path = _write_config(tmp_path, port, creds, extra="workers = 2\n")
+    proc = subprocess.Popen([*ENCFS, "server", "--config", str(cfg_path)], env=env, stderr=subprocess.DEVNULL)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc)
+        children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(c) for c in children):
+            time.sleep(0.1)
+        assert not any(_alive(c) for c in children)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

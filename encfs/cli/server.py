@@ -32,22 +32,21 @@ def server(config_path: str | None, dev: bool, port: int | None) -> None:
         cfg = config.load(config_path)
         if port is not None:
             cfg.port = port
-        app.run(cfg)
-        return
+        sys.exit(app.run(cfg))
     tmp = Path(tempfile.mkdtemp(prefix="encfs-server-dev-"))
     try:
         cfg = config.dev_config(tmp, 8200 if port is None else port)
         admin = cfg.principals[0]
 
-        def ready(srv: app.KeyServer) -> None:
+        def ready(endpoint: str) -> None:
             lines = [
                 f"export AWS_ACCESS_KEY_ID={admin.access_key_id}",
                 f"export AWS_SECRET_ACCESS_KEY={admin.secret}",
                 f"export AWS_DEFAULT_REGION={cfg.region}",
-                f"export AWS_ENDPOINT_URL_KMS={srv.endpoint}",
+                f"export AWS_ENDPOINT_URL_KMS={endpoint}",
             ]
             click.echo("\n".join(lines))
-            click.echo(f"# encfs key server (dev mode): {srv.endpoint}, data in {tmp} (deleted on exit); "
+            click.echo(f"# encfs key server (dev mode): {endpoint}, data in {tmp} (deleted on exit); "
                        f"audit: encfs audit --log {cfg.audit_path}", err=True)
             sys.stdout.flush()
 

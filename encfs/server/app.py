@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 import threading
@@ -67,10 +69,10 @@ def _event(level: int, event: str, **fields: Any) -> None:
     log.log(level, event, extra={"fields": fields})
 
 
-def open_storage(cfg: ServerConfig) -> Storage:
+def open_storage(cfg: ServerConfig, *, shared: bool = False) -> Storage:
     kind = cfg.storage.get("type", "sqlite")
     if kind == "sqlite":
-        return SQLiteStorage(cfg.storage["path"])
+        return SQLiteStorage(cfg.storage["path"], shared=shared)
     raise ConfigurationError(f"storage: unknown type {kind!r} (this build has: sqlite)")
 
 
@@ -82,13 +84,48 @@ def open_master_key(cfg: ServerConfig, *, create: bool) -> MasterKey:
     raise ConfigurationError(f"master_key: unknown type {kind!r} (this build has: local)")
 
 
+async def _check_master(storage: Storage, cfg: ServerConfig, *, create: bool,
+                        master: MasterKey | None = None) -> MasterKey:
+    """The master key (``master``, else the config's), checked against the
+    one storage was written under (recorded on the first start, when
+    ``create`` may make it)."""
+    async with storage.transaction() as tx:
+        known = await tx.get_meta("master_key_id")
+    master = master or open_master_key(cfg, create=create and known is None)
+    if known is not None and known != master.key_id:
+        raise ConfigurationError(f"master_key: storage was written under {known}, not {master.key_id}")
+    if known is None:
+        if not create:
+            raise ConfigurationError("master_key: storage has not been initialised")
+        async with storage.transaction(write=True) as tx:
+            await tx.set_meta("master_key_id", master.key_id)
+    return master
+
+
+async def sync_principals(storage: Storage, master: MasterKey, cfg: ServerConfig,
+                          clock: Callable[[], float] = time.time) -> None:
+    """Seal the configured secrets into storage; drop access keys no longer configured."""
+    async with storage.transaction(write=True) as tx:
+        wanted = {p.access_key_id for p in cfg.principals}
+        for ak in await tx.list_access_keys():
+            if ak.access_key_id not in wanted:
+                await tx.delete_access_key(ak.access_key_id)  # removed from the config: revoked
+        for p in cfg.principals:
+            sealed = master.wrap(p.secret.encode(), secret_aad(p.access_key_id))
+            await tx.put_access_key(AccessKey(p.access_key_id, p.arn, sealed, master.key_id, clock()))
+
+
 class KeyServer:
     """One server process: storage, master key, audit, HTTP."""
 
     def __init__(self, cfg: ServerConfig, *, storage: Storage | None = None, master: MasterKey | None = None,
-                 sink: AuditSink | None = None, clock: Callable[[], float] = time.time) -> None:
+                 sink: AuditSink | None = None, clock: Callable[[], float] = time.time,
+                 listen_socket: socket.socket | None = None, worker: int | None = None) -> None:
         self.cfg = cfg
-        self.storage = storage or open_storage(cfg)
+        #: Index of this worker process (None: the server is one process).
+        self.worker = worker
+        self.listen_socket = listen_socket
+        self.storage = storage or open_storage(cfg, shared=worker is not None)
         self._master = master
         self.sink = sink or FileAuditSink(cfg.audit_path or cfg.data_dir / "audit.log", sync=cfg.audit_sync,
                                           interval=cfg.audit_sync_interval)
@@ -117,15 +154,14 @@ class KeyServer:
             raise
 
     async def _start(self) -> None:
-        async with self.storage.transaction() as tx:
-            known_master = await tx.get_meta("master_key_id")
-        master = self._master or open_master_key(self.cfg, create=known_master is None)
-        if known_master is not None and known_master != master.key_id:
-            raise ConfigurationError(f"master_key: storage was written under {known_master}, not {master.key_id}")
+        master = await _check_master(self.storage, self.cfg, create=self.worker is None, master=self._master)
         self.master = master if isinstance(master, CachingMasterKey) else CachingMasterKey(master)
         self.service = Service(self.storage, self.master, region=self.cfg.region, account=self.cfg.account,
                                min_deletion_days=self.cfg.min_deletion_days, clock=self.clock)
-        await self._sync_principals(known_master is None)
+        if self.worker is None:  # workers: their supervisor did it once, before they started
+            await sync_principals(self.storage, self.master, self.cfg, self.clock)
+        self.principals = {p.access_key_id: Principal(p.name, p.arn, p.access_key_id, "", p.account_actions)
+                           for p in self.cfg.principals}
         loop = asyncio.get_running_loop()
         limit = self.cfg.max_body_bytes
 
@@ -141,30 +177,25 @@ class KeyServer:
         if self.cfg.tls:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(self.cfg.tls_cert, self.cfg.tls_key)
-        site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, ssl_context=ctx, backlog=1024,
-                           reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        if self.listen_socket is not None:  # a worker: the supervisor's socket, shared by all workers
+            site: web.BaseSite = web.SockSite(self._runner, self.listen_socket, ssl_context=ctx)
+            self.port = self.listen_socket.getsockname()[1]
+            await site.start()
+        else:
+            site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, ssl_context=ctx, backlog=1024,
+                               reuse_address=True)
+            await site.start()
+            sockets = getattr(site._server, "sockets", None) or []
+            if sockets:
+                self.port = sockets[0].getsockname()[1]
+        if self.worker in (None, 0):  # one sweeper per server
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        # What startup loaded (botocore's model, modules) lives as long as the
+        # server: keep it out of every later full garbage collection.
+        gc.freeze()
         _event(logging.INFO, "started", endpoint=self.endpoint, storage=repr(self.storage), master_key=master.key_id,
-               audit=repr(self.sink), principals=len(self.principals),
+               audit=repr(self.sink), principals=len(self.principals), worker=self.worker,
                event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
-
-    async def _sync_principals(self, first_start: bool) -> None:
-        """Seal the configured secrets into storage; forget the clear copies."""
-        async with self.storage.transaction(write=True) as tx:
-            if first_start:
-                await tx.set_meta("master_key_id", self.master.key_id)
-            wanted = {p.access_key_id for p in self.cfg.principals}
-            for ak in await tx.list_access_keys():
-                if ak.access_key_id not in wanted:
-                    await tx.delete_access_key(ak.access_key_id)  # removed from the config: revoked
-            for p in self.cfg.principals:
-                sealed = self.master.wrap(p.secret.encode(), secret_aad(p.access_key_id))
-                await tx.put_access_key(AccessKey(p.access_key_id, p.arn, sealed, self.master.key_id, self.clock()))
-                self.principals[p.access_key_id] = Principal(p.name, p.arn, p.access_key_id, "", p.account_actions)
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -291,21 +322,112 @@ class KeyServer:
                             headers={"x-amzn-RequestId": rid})
 
 
-def run(cfg: ServerConfig, *, on_ready: Callable[[KeyServer], None] | None = None) -> None:
-    """Serve until SIGINT/SIGTERM on a fresh event loop (uvloop's when
-    installed: it roughly halves the per-request cost of the HTTP layer)."""
+def _run_loop(coro: Any) -> Any:
+    """Run ``coro`` on a fresh event loop (uvloop's when installed: it cuts
+    the per-request cost of the HTTP layer)."""
     try:
         import uvloop
     except ModuleNotFoundError:
-        asyncio.run(serve(cfg, on_ready=on_ready))
-        return
+        return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(cfg, on_ready=on_ready))
+        return runner.run(coro)
 
 
-async def serve(cfg: ServerConfig, *, on_ready: Callable[[KeyServer], None] | None = None) -> None:
+def run(cfg: ServerConfig, *, on_ready: Callable[[str], None] | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; ``on_ready(endpoint)`` once listening.
+    Returns the exit status."""
+    if cfg.workers <= 1:
+        _run_loop(serve(cfg, on_ready=on_ready))
+        return 0
+    return _supervise(cfg, on_ready)
+
+
+async def _prepare(cfg: ServerConfig) -> Storage:
+    """Migrations, master key and principals, once, before any worker starts.
+    Returns the storage, closed but still holding its lock (SQLite)."""
+    storage = open_storage(cfg)
+    await storage.open()
+    try:
+        master = await _check_master(storage, cfg, create=True)
+        await sync_principals(storage, master, cfg)
+    finally:
+        if isinstance(storage, SQLiteStorage):
+            await storage.close(keep_lock=True)
+        else:
+            await storage.close()
+    return storage
+
+
+def _die_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when its supervisor dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _supervise(cfg: ServerConfig, on_ready: Callable[[str], None] | None) -> int:
+    """``cfg.workers`` processes serving one listening socket (one per core:
+    a single Python process uses one core).  They share the storage and the
+    audit log (appends are serialised by a file lock and re-read the chain's
+    tail), so every request is still one record in one chain."""
+    storage = _run_loop(_prepare(cfg))
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.create_server((cfg.host, cfg.port), family=family, backlog=2048)
+    port = sock.getsockname()[1]
+    children: list[int] = []
+    for index in range(cfg.workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                _die_with_parent()
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                _run_loop(serve(cfg, listen_socket=sock, worker=index))
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - reported, then this process ends
+                _event(logging.ERROR, "worker failed", worker=index, error=type(exc).__name__)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+    stopping = False
+
+    def stop_all(signum: int = signal.SIGTERM, frame: Any = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGTERM, stop_all)
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    if on_ready is not None:
+        on_ready(f"{'https' if cfg.tls else 'http'}://{host}:{port}")  # the socket already queues connections
+    status = 0
+    while children:
+        pid, wait_status = os.waitpid(-1, 0)
+        if pid in children:
+            children.remove(pid)
+        if os.waitstatus_to_exitcode(wait_status) != 0:
+            status = 1
+        if not stopping:  # a worker ended on its own: stop the server (a supervisor such as systemd restarts it)
+            _event(logging.ERROR, "worker exited", pid=pid)
+            status = 1
+            stop_all()
+    if isinstance(storage, SQLiteStorage):
+        _run_loop(storage.close())  # the lock
+    return status
+
+
+async def serve(cfg: ServerConfig, *, on_ready: Callable[[str], None] | None = None,
+                listen_socket: socket.socket | None = None, worker: int | None = None) -> None:
     """Run until SIGINT/SIGTERM, then shut down gracefully."""
-    server = KeyServer(cfg)
+    server = KeyServer(cfg, listen_socket=listen_socket, worker=worker)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -313,7 +435,7 @@ async def serve(cfg: ServerConfig, *, on_ready: Callable[[KeyServer], None] | No
         loop.add_signal_handler(sig, stop.set)
     try:
         if on_ready is not None:
-            on_ready(server)
+            on_ready(server.endpoint)
         await stop.wait()
     finally:
         _event(logging.INFO, "stopping", endpoint=server.endpoint)

@@ -77,6 +77,7 @@ class ServerConfig:
     sweep_seconds: float = 60.0
     shutdown_timeout: float = 10.0
     log_requests: bool = False
+    workers: int = 1
 
     @property
     def tls(self) -> bool:
@@ -100,6 +101,8 @@ class ServerConfig:
             seen.add(p.access_key_id)
             if len(p.secret) < 16:
                 raise ConfigurationError(f"principals: the secret of {p.name} is shorter than 16 characters")
+        if not 1 <= self.workers <= 64:
+            raise ConfigurationError("server: workers must be between 1 and 64")
         if not (0 < self.max_body_bytes <= 1 << 20):
             raise ConfigurationError("server: max_body_bytes must be between 1 and 1048576")
 
@@ -144,7 +147,7 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
     srv = dict(doc.get("server") or {})
     known = {"host", "port", "region", "account", "data_dir", "tls_cert", "tls_key", "max_body_bytes",
              "max_inflight", "clock_skew_seconds", "min_deletion_days", "sweep_seconds", "shutdown_timeout",
-             "log_requests"}
+             "log_requests", "workers"}
     unknown = set(srv) - known
     if unknown:
         raise ConfigurationError(f"server: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -157,6 +160,7 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
         clock_skew_seconds=int(srv.get("clock_skew_seconds", 300)),
         min_deletion_days=int(srv.get("min_deletion_days", 7)), sweep_seconds=float(srv.get("sweep_seconds", 60)),
         shutdown_timeout=float(srv.get("shutdown_timeout", 10)), log_requests=bool(srv.get("log_requests", False)),
+        workers=int(srv.get("workers", 1)),
     )
     cfg.storage = dict(doc.get("storage") or {"type": "sqlite"})
     if cfg.storage.get("type", "sqlite") == "sqlite":

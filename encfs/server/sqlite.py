@@ -5,8 +5,11 @@ versioned migrations recorded in the ``meta`` table.
 One connection, used from the event-loop thread only.  Transactions are
 serialised by an asyncio lock; as no statement awaits anything, a
 transaction's body runs without interleaving and readers never see a
-half-applied write (so reads need no BEGIN/COMMIT round trip).  Another process must not serve the same file: a lock
-file next to the database refuses a second server.
+half-applied write (so reads need no BEGIN/COMMIT round trip).  Another
+server must not serve the same file: a lock file next to the database
+refuses a second one.  The worker processes of one server (``workers`` in
+the config) share the file under their supervisor's lock; they open it with
+``shared=True``, and their reads then run in a BEGIN ... COMMIT snapshot.
 """
 
 from __future__ import annotations
@@ -251,8 +254,11 @@ class _Tx(Transaction):
 class SQLiteStorage(Storage):
     """SQLite in WAL mode at ``path`` (created with mode 0600)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, shared: bool = False) -> None:
         self.path = Path(path)
+        #: One of several worker processes of one server (whose supervisor
+        #: holds the lock file): reads then need BEGIN, others may write.
+        self.shared = shared
         self._db: sqlite3.Connection | None = None
         self._lock = asyncio.Lock()
         self._lockfile: BaseFileLock | None = None
@@ -264,12 +270,13 @@ class SQLiteStorage(Storage):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # One server process per database (filelock: flock on POSIX,
         # msvcrt.locking on Windows; encfs/portable.py).
-        lock = file_lock(str(self.path) + ".lock")
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise StorageError(f"{self.path} is in use by another server process") from None
-        self._lockfile = lock
+        if not self.shared:
+            lock = file_lock(str(self.path) + ".lock")
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                raise StorageError(f"{self.path} is in use by another server process") from None
+            self._lockfile = lock
         if not self.path.exists():
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -303,12 +310,14 @@ class SQLiteStorage(Storage):
             db.execute("ROLLBACK")
             raise
 
-    async def close(self) -> None:
+    async def close(self, *, keep_lock: bool = False) -> None:
+        """Close the connection and (unless ``keep_lock``: a supervisor about
+        to start worker processes) release the lock file."""
         async with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-            if self._lockfile is not None:
+            if self._lockfile is not None and not keep_lock:
                 self._lockfile.release()
                 self._lockfile = None
 
@@ -318,11 +327,18 @@ class SQLiteStorage(Storage):
             db = self._db
             if db is None:
                 raise StorageError("storage is closed")
-            if not write:
+            if not write and not self.shared:
                 # A read needs no BEGIN: this process is the only writer (the
                 # lock file), every write runs under the same lock, and no
                 # statement awaits, so nothing can change between the reads.
                 yield _Tx(db)
+                return
+            if not write:  # a snapshot: other worker processes may commit meanwhile
+                db.execute("BEGIN")
+                try:
+                    yield _Tx(db)
+                finally:
+                    db.execute("COMMIT")
                 return
             try:
                 db.execute("BEGIN IMMEDIATE")
