@@ -16,11 +16,13 @@ req/s with auditing on, p99 < 50 ms at 16 clients, >= 3x moto's throughput.
 
     python benchmarks/bench_server.py            # 8 s per phase, 10,000 objects
     python benchmarks/bench_server.py --quick    # 3 s per phase, 2,000 objects
+    python benchmarks/bench_server.py --workers 2   # the key server with two worker processes
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -64,13 +66,13 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
 
 
 @contextmanager
-def encfs_server(scratch: Path) -> Any:
+def encfs_server(scratch: Path, workers: int = 1) -> Any:
     from encfs.server.config import new_access_key
 
     port = _free_port()
     akid, secret = new_access_key()
     cfg = scratch / "kms.toml"
-    cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "data"\n\n'
+    cfg.write_text(f'[server]\nhost = "127.0.0.1"\nport = {port}\ndata_dir = "data"\nworkers = {workers}\n\n'
                    f'[master_key]\ntype = "local"\nkeystore = "{scratch / "keystore"}"\n\n'
                    f'[[principals]]\nname = "bench"\naccess_key_id = "{akid}"\n'
                    f'secret_access_key_env = "BENCH_KMS_SECRET"\naccount_actions = ["kms:*"]\n')
@@ -173,8 +175,28 @@ async def _load(srv: dict[str, Any], operation: str, body: bytes, seconds: float
             "statuses": statuses, "client_cpu_us": cpu / max(n, 1) * 1e6}
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its children (the key server's workers)."""
+    total = process_cpu(pid)
+    with contextlib.suppress(OSError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            total += process_cpu(int(child))
+    return total
+
+
 def light_load(srv: dict[str, Any], operation: str, body: bytes, seconds: float, expect_rps: float) -> dict[str, Any]:
-    return asyncio.run(_load(srv, operation, body, seconds, int(expect_rps * seconds * 1.2) + 100))
+    before = tree_cpu(srv["pid"])
+    result = asyncio.run(_load(srv, operation, body, seconds, int(expect_rps * seconds * 1.2) + 100))
+    # The server's own CPU per request does not depend on how many other
+    # jobs share the machine the way requests/s does.
+    result["server_cpu_us"] = (tree_cpu(srv["pid"]) - before) / max(result["requests"], 1) * 1e6
+    return result
 
 
 def boto3_load(srv: dict[str, Any], call: Any, seconds: float) -> dict[str, Any]:
@@ -235,16 +257,19 @@ def kms_requests_per_objects(srv: dict[str, Any], scratch: Path, n_objects: int)
 
 
 def main() -> int:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=1, help="key server worker processes (default 1)")
+    args = p.parse_args()
     seconds = 3.0 if args.quick else 8.0
     n_objects = 2_000 if args.quick else 10_000
     report = Report("server", params={"clients": CLIENTS, "seconds_per_phase": seconds, "objects": n_objects,
+                                      "workers": args.workers,
                                       "load_avg_at_start": os.getloadavg()[0]})
     ctx = {"dataset": "bench"}
     gdk = json.dumps({"KeyId": "", "KeySpec": "AES_256", "EncryptionContext": ctx})
     results: dict[tuple[str, str], dict[str, Any]] = {}
     boto: dict[str, dict[str, Any]] = {}
-    with temp_dir() as scratch_s, encfs_server(Path(scratch_s)) as ours, moto_server() as moto:
+    with temp_dir() as scratch_s, encfs_server(Path(scratch_s), args.workers) as ours, moto_server() as moto:
         bodies: dict[str, dict[str, bytes]] = {}
         for srv in (ours, moto):
             kms = boto_client(srv)
@@ -264,7 +289,8 @@ def main() -> int:
                 r = light_load(srv, op, bodies[srv["name"]][op], seconds, 3000 if srv is ours else 800)
                 results[(srv["name"], op)] = r
                 print(f"  {srv['name']:12s} {op:16s} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                      f"p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}", flush=True)
+                      f"p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}  server CPU {r['server_cpu_us']:5.0f} us/req",
+                      flush=True)
         for srv in (ours, moto):
             key = bodies[srv["name"]]["key"].decode()
             boto[srv["name"]] = boto3_load(
@@ -277,13 +303,14 @@ def main() -> int:
 
     rows = []
     for (name, op), r in results.items():
-        rows.append([name, op, "light aiohttp x16", r["rps"], r["p50_ms"], r["p99_ms"], r["errors"]])
+        rows.append([name, op, "light aiohttp x16", r["rps"], r["p50_ms"], r["p99_ms"], r["errors"],
+                     r["server_cpu_us"]])
         report.rows.append({"server": name, "operation": op, "driver": "light", **{k: v for k, v in r.items()
                                                                                    if k != "statuses"}})
     for name, r in boto.items():
-        rows.append([name, "GenerateDataKey", "boto3 x16 threads", r["rps"], "", "", r["errors"]])
+        rows.append([name, "GenerateDataKey", "boto3 x16 threads", r["rps"], "", "", r["errors"], ""])
         report.rows.append({"server": name, "operation": "GenerateDataKey", "driver": "boto3", **r})
-    print(table(["server", "operation", "driver", "req/s", "p50 ms", "p99 ms", "errors"], rows))
+    print(table(["server", "operation", "driver", "req/s", "p50 ms", "p99 ms", "errors", "server CPU us/req"], rows))
     print(table(["data-key cache", "objects", "KMS requests", "per 10,000 objects", "seconds"],
                 [[k, v["objects"], v["kms_requests"], v["per_10000"], v["seconds"]] for k, v in objects.items()]))
     report.rows.append({"objects": objects})
@@ -295,7 +322,10 @@ def main() -> int:
         Target("errors under load", sum(r["errors"] for r in results.values()), "<=", 0, ""),
     ]
     report.notes.append(f"moto server's own figure: {moto_gdk['rps']:.0f} GenerateDataKey req/s, "
-                        f"p99 {moto_gdk['p99_ms']:.1f} ms")
+                        f"p99 {moto_gdk['p99_ms']:.1f} ms, {moto_gdk['server_cpu_us']:.0f} us CPU per request")
+    report.notes.append(f"encfs server CPU per GenerateDataKey: {ours_gdk['server_cpu_us']:.0f} us "
+                        f"(one free core: about {1e6 / max(ours_gdk['server_cpu_us'], 1):.0f} req/s); "
+                        f"CPU-per-request ratio moto/encfs {moto_gdk['server_cpu_us'] / ours_gdk['server_cpu_us']:.1f}x")
     report.notes.append(f"load average {report.params['load_avg_at_start']:.2f} at start, "
                         f"{report.params['load_avg_at_end']:.2f} at end (2 cores, shared)")
     return report.finish(args)
