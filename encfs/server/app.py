@@ -41,7 +41,7 @@ from .protocol import CONTENT_TYPE, TARGET_PREFIX, KMSError, encode_output, pars
 from .service import Call, Caller, Service
 from .sigv4 import Verifier
 from .sqlite import SQLiteStorage
-from .storage import AccessKey, Storage
+from .storage import AccessKey, Storage, StorageUnavailable
 
 log = logging.getLogger("encfs.server")
 _DENIED = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
@@ -73,7 +73,12 @@ def open_storage(cfg: ServerConfig, *, shared: bool = False) -> Storage:
     kind = cfg.storage.get("type", "sqlite")
     if kind == "sqlite":
         return SQLiteStorage(cfg.storage["path"], shared=shared)
-    raise ConfigurationError(f"storage: unknown type {kind!r} (this build has: sqlite)")
+    if kind == "postgresql":
+        from .postgres import PostgresStorage
+
+        return PostgresStorage(str(cfg.storage["url"]), min_size=int(cfg.storage.get("pool_min", 2)),
+                               max_size=int(cfg.storage.get("pool_max", 16)))
+    raise ConfigurationError(f"storage: unknown type {kind!r} (this build has: sqlite, postgresql)")
 
 
 def open_master_key(cfg: ServerConfig, *, create: bool) -> MasterKey:
@@ -291,6 +296,14 @@ class KeyServer:
         except KMSError as exc:
             status, payload = exc.status, exc.body()
             record.update(outcome="denied" if exc.code in _DENIED else "failure", error=exc.code)
+        except StorageUnavailable as exc:
+            # The database is restarting or failing over: a retryable 503
+            # (AWS SDKs retry it), never a half-applied change.
+            _event(logging.WARNING, "storage unavailable", request_id=rid, operation=operation,
+                   error=type(exc).__name__)
+            err = KMSError("DependencyTimeoutException", "the key store is unavailable; retry", 503)
+            status, payload = err.status, err.body()
+            record.update(outcome="failure", error=err.code)
         except Exception as exc:  # noqa: BLE001 - never a traceback (or a secret) to the client
             _event(logging.ERROR, "internal error", request_id=rid, operation=operation, error=type(exc).__name__)
             err = KMSError("KMSInternalException", "internal error", 500)

@@ -163,7 +163,15 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
         workers=int(srv.get("workers", 1)),
     )
     cfg.storage = dict(doc.get("storage") or {"type": "sqlite"})
-    if cfg.storage.get("type", "sqlite") == "sqlite":
+    if "url" in cfg.storage:  # [storage] url = "postgresql://..." (encfs/server/postgres.py)
+        cfg.storage.setdefault("type", "postgresql")
+        _check_database_url(str(cfg.storage["url"]))
+    cfg.storage.setdefault("type", "sqlite")
+    if cfg.storage["type"] not in ("sqlite", "postgresql"):
+        raise ConfigurationError(f"storage: unknown type {cfg.storage['type']!r} (sqlite or postgresql)")
+    if cfg.storage["type"] == "postgresql" and not cfg.storage.get("url"):
+        raise ConfigurationError("storage: type postgresql needs url = \"postgresql://user@host:port/dbname\"")
+    if cfg.storage["type"] == "sqlite":
         cfg.storage["path"] = str(base / str(cfg.storage.get("path", data_dir / "kms.db")))
     cfg.master_key = dict(doc.get("master_key") or {"type": "local"})
     audit = dict(doc.get("audit") or {})
@@ -185,6 +193,18 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
         ))
     cfg.check()
     return cfg
+
+
+def _check_database_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigurationError("storage: url must be postgresql://user@host:port/dbname")
+    if parts.password is not None:
+        # Secrets never come from the config: libpq reads these itself.
+        raise ConfigurationError("storage: url must not hold a password; set PGPASSWORD or PGPASSFILE "
+                                 "(or use certificate or peer authentication)")
 
 
 def new_access_key() -> tuple[str, str]:

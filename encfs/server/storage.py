@@ -34,6 +34,11 @@ class StorageError(Exception):
     """The storage backend failed (unavailable, corrupt, or a newer schema)."""
 
 
+class StorageUnavailable(StorageError):
+    """The backend cannot be reached now (a database restart or failover);
+    nothing was applied, or a commit's outcome is unknown.  Retryable."""
+
+
 class AlreadyExists(StorageError):
     """An insert collided with an existing row (alias name, grant id, ...)."""
 
