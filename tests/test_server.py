@@ -293,6 +293,10 @@ def test_grants_with_constraints_then_revoked(srv):
     srv.kms["alice"].encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"dataset": "A", "more": "1"})
     with pytest.raises(ClientError):
         srv.kms["alice"].encrypt(KeyId=key, Plaintext=b"x", EncryptionContext={"more": "1"})
+    assert [g["GrantId"] for g in admin.list_grants(KeyId=key, GranteePrincipal=arn("bob"))["Grants"]] == \
+        [eq["GrantId"]]
+    assert [g["GrantId"] for g in admin.list_grants(KeyId=key, Limit=1, GrantId=sub["GrantId"])["Grants"]] == \
+        [sub["GrantId"]]
     admin.revoke_grant(KeyId=key, GrantId=eq["GrantId"])
     with pytest.raises(ClientError) as exc:
         bob.decrypt(CiphertextBlob=dk["CiphertextBlob"], EncryptionContext={"dataset": "A"})

@@ -109,17 +109,18 @@ class _P:
         self.name, self.access_key_id, self.secret = name, akid, secret
 
 
-def test_dev_mode_prints_exports_and_stops_cleanly(tmp_path):
+def test_dev_mode_prints_exports_and_stops_cleanly(tmp_path, monkeypatch):
     proc = subprocess.Popen([*ENCFS, "server", "--dev", "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         exports = dict(proc.stdout.readline().strip().removeprefix("export ").split("=", 1) for _ in range(4))
         assert set(exports) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                                 "AWS_ENDPOINT_URL_KMS"}
-        kms = boto3.client("kms", endpoint_url=exports["AWS_ENDPOINT_URL_KMS"],
-                           region_name=exports["AWS_DEFAULT_REGION"],
-                           aws_access_key_id=exports["AWS_ACCESS_KEY_ID"],
-                           aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"])
+        for name, value in exports.items():  # exactly what `eval` of the lines would set
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        kms = boto3.session.Session().client("kms")  # endpoint from AWS_ENDPOINT_URL_KMS
         key = kms.create_key()["KeyMetadata"]["KeyId"]
         dk = kms.generate_data_key(KeyId=key, KeySpec="AES_256")
         assert kms.decrypt(CiphertextBlob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]

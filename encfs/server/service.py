@@ -665,13 +665,13 @@ class Service:
 
     async def _list_grants(self, call: Call) -> dict[str, Any]:
         marker, limit = _page(call.params, 50)
+        wanted_id, wanted_grantee = call.params.get("GrantId"), call.params.get("GranteePrincipal")
         async with self.storage.transaction() as tx:
             key = await self._key_for(tx, call, "ListGrants")
-            rows = await tx.list_grants(key.key_id, marker, limit + 1)
-        if call.params.get("GrantId"):
-            rows = [g for g in rows if g.grant_id == call.params["GrantId"]]
-        if call.params.get("GranteePrincipal"):
-            rows = [g for g in rows if g.grantee == call.params["GranteePrincipal"]]
+            # Filters before the page cut, so a page is never short of matches.
+            rows = await tx.list_grants(key.key_id, marker, 100_000 if wanted_id or wanted_grantee else limit + 1)
+        rows = [g for g in rows if (not wanted_id or g.grant_id == wanted_id)
+                and (not wanted_grantee or g.grantee == wanted_grantee)]
         out: dict[str, Any] = {"Grants": [self._grant_entry(g) for g in rows[:limit]], "Truncated": len(rows) > limit}
         if len(rows) > limit:
             out["NextMarker"] = rows[limit - 1].grant_id
