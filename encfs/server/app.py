@@ -213,7 +213,8 @@ class KeyServer:
         await self.sink.close()
         await self.storage.close()
         self.master.close()
-        _event(logging.INFO, "stopped", endpoint=self.endpoint)
+        _event(logging.INFO, "stopped", endpoint=self.endpoint, worker=self.worker,
+               audit_records=self.audit.records, audit_batches=self.audit.batches)
 
     async def _sweep_forever(self) -> None:
         while True:
