@@ -419,3 +419,12 @@ def test_keys_audit_and_rewrap_output_is_escaped(tmp_path, capsys, encfs_home):
     assert code == 0 and "\\x1b[2K" in out and "\x1b" not in out and "\u202e" not in out
     code, out, _err = run_cli(capsys, "audit", "--action", "rewrap", "--json")
     assert "\\u001b" in out  # JSON keeps its own escaping
+
+
+def test_cp_r_skips_symlinks_quietly_and_reports_only_special_files(tmp_path, capsys, encfs_home):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "real").write_bytes(b"r")
+    (tree / "link").symlink_to(tree / "real")
+    code, _out, err = run_cli(capsys, "cp", "-r", "-q", str(tree), "enc::" + str(tmp_path / "enc"))
+    assert code == 0 and err == ""

@@ -99,8 +99,8 @@ def plan(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, dst: 
         items: list[CopyItem] = []
         for p, info in sorted(found.items()):
             kind = info.get("type")
-            if kind == "directory":
-                continue
+            if kind == "directory" or (kind != "file" and info.get("islink")):
+                continue  # symbolic links in a local tree are not followed (as before)
             if kind != "file":
                 refuse(NotRegularFileError(f"skipped {p}: not a regular file (FIFO, socket or device)"))
                 continue
