@@ -17,6 +17,9 @@ locks with ``msvcrt.locking``, a native lock the OS releases when the holder
 dies; its ``flock`` backend is the closest equivalent here, whereas hiding
 ``fcntl`` from it too would test its soft-lock fallback, which Windows never
 uses.  encfs itself must never need ``fcntl``.
+
+(A ``sitecustomize`` found first on the path shadows any other one, such as
+a distribution's; only the test processes started with this path see that.)
 """
 
 from __future__ import annotations
