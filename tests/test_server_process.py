@@ -77,7 +77,7 @@ def test_sigkill_and_restart_keeps_every_key_grant_and_policy(tmp_path):
         admin.rotate_key_on_demand(KeyId=key)
         grant = admin.create_grant(KeyId=key, GranteePrincipal=arn("alice"), Operations=["Decrypt"])
         blob = alice.encrypt(KeyId="alias/durable", Plaintext=b"kept", EncryptionContext={"a": "1"})["CiphertextBlob"]
-        admin.disable_key_rotation(KeyId=key)
+        admin.enable_key_rotation(KeyId=key, RotationPeriodInDays=180)  # the last change before the kill
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         proc = subprocess.Popen([*ENCFS, "server", "--config", str(cfg_path)], env=env, stderr=subprocess.PIPE)
@@ -89,6 +89,7 @@ def test_sigkill_and_restart_keeps_every_key_grant_and_policy(tmp_path):
         assert [g["GrantId"] for g in admin.list_grants(KeyId=key)["Grants"]] == [grant["GrantId"]]
         assert admin.list_resource_tags(KeyId=key)["Tags"] == [{"TagKey": "t", "TagValue": "v"}]
         assert len(admin.list_key_rotations(KeyId=key)["Rotations"]) == 1
+        assert admin.get_key_rotation_status(KeyId=key)["RotationPeriodInDays"] == 180
         with pytest.raises(ClientError):
             alice.generate_data_key(KeyId=key, KeySpec="AES_256")  # still only what the policy says
         proc.send_signal(signal.SIGTERM)
