@@ -1,7 +1,7 @@
 """``encfs demo``: a guided first run on the embedded default (local keystore).
 
 It writes a realistic sales table as encrypted Parquet and CSV, reads a
-column back through ``enc::file://``, shows the bytes at rest, what
+column back through ``enc+file://``, shows the bytes at rest, what
 ``encfs info`` says, the data-key cache counters, and what to try next.
 Every claim it prints is checked; a failed check exits non-zero.
 """
@@ -134,9 +134,10 @@ def demo(directory: str, rows: int, keystore: str | None) -> None:
     df = sales_frame(rows)
     click.echo("  " + df.head(3).to_string().replace("\n", "\n  "))
 
-    parquet_url = f"enc::file://{folder / 'sales.parquet'}"
-    csv_url = f"enc::file://{folder / 'sales.csv'}"
-    _step(3, "Write it encrypted: Parquet and CSV through enc::file://")
+    # The single-scheme form: pandas 2 takes "enc::..." for a local path (docs/CLIENTS.md).
+    parquet_url = f"enc+file://{folder / 'sales.parquet'}"
+    csv_url = f"enc+file://{folder / 'sales.csv'}"
+    _step(3, "Write it encrypted: Parquet and CSV through enc+file://")
     t0 = time.perf_counter()
     df.to_parquet(parquet_url, row_group_size=max(1, rows // 8), index=False, storage_options=options)
     df.to_csv(csv_url, index=False, storage_options=options)
