@@ -25,7 +25,7 @@ from encfs.errors import (
 )
 from encfs.format import HEADER_REGION, WrappedKey, parse_header, replace_wrapped_keys
 from encfs.paths import join_inside, local_bound_path, unsafe_reason
-from encfs.sinks import TEMP_MARK
+from encfs.targets import TEMP_MARK
 
 #: Source keys a malicious bucket can hold (issue 10, finding 1), below "data/".
 BAD_KEYS = ["data/../../../victim", "data/sub\\..\\..\\..\\bs-victim", "data//empty", "data/C:drive",

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from ..errors import ConfigurationError, EncfsError, NotRegularFileError, UnsafePathError
 from ..fs import EncryptedFileSystem
 from ..paths import join_inside
-from ..sinks import LocalSink
+from ..targets import LocalSink
 from .util import Location
 
 #: Plaintext bytes moved per read/write call (a multiple of the segment size
@@ -119,7 +119,7 @@ def plan(src_fs: AbstractFileSystem, src: str, dst_fs: AbstractFileSystem, dst: 
 
 
 class _StagedLocalFile:
-    """Plaintext to a local destination through :class:`~encfs.sinks.LocalSink`:
+    """Plaintext to a local destination through :class:`~encfs.targets.LocalSink`:
     an owner-only (0600) temp file in the destination directory, renamed onto
     the destination when complete, removed on failure.  fsspec's local
     ``autocommit=False`` file stages in ``$TMPDIR`` instead, where decrypted
