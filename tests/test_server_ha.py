@@ -14,9 +14,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -119,9 +125,11 @@ def test_unreachable_database_is_a_storage_error():
 class Replicas:
     """Two key servers (threads, each its own event loop and pool) on one database."""
 
-    def __init__(self, tmp_path, url: str) -> None:
+    def __init__(self, tmp_path, url: str, master: dict | None = None) -> None:
         self.cfg_a = make_config(tmp_path / "a")
         self.cfg_a.storage = {"type": "postgresql", "url": url}
+        if master is not None:
+            self.cfg_a.master_key = master
         # Replicas share one config (principals) and one master key.
         self.cfg_b = make_config(tmp_path / "b")
         self.cfg_b.principals = self.cfg_a.principals
@@ -209,3 +217,192 @@ def test_concurrent_admin_calls_on_two_replicas_lose_no_update(replicas):
     assert not errors
     tags = {t["TagKey"] for t in admin_b.list_resource_tags(KeyId=key, Limit=100)["Tags"]}
     assert tags == {f"{n}-{i}" for n in range(4) for i in range(10)}
+
+
+# -- the master key in an HSM ----------------------------------------------------------------
+
+ENCFS = [sys.executable, "-m", "encfs.cli"]
+
+
+@pytest.fixture(scope="module")
+def hsm_env():
+    """SoftHSM2's shared token with the variables a server operator sets
+    (module, token, PIN: from the environment, never the config)."""
+    from _softhsm import softhsm
+
+    h = softhsm()
+    mp = pytest.MonkeyPatch()
+    for name, value in h.env().items():
+        mp.setenv(name, value)
+    mp.delenv("ENCFS_PKCS11_PIN_FILE", raising=False)
+    yield h
+    mp.undo()
+
+
+def hsm_master(label: str | None = None) -> dict:
+    from _softhsm import TOKEN, unique_label
+
+    return {"type": "pkcs11", "key": f"pkcs11://{TOKEN}/{label or unique_label('kms-master')}", "create": True}
+
+
+@pytest.fixture(scope="module")
+def hsm_replicas(tmp_path_factory, postgres, hsm_env):
+    r = Replicas(tmp_path_factory.mktemp("hsm"), postgres.createdb("hsm_" + uuid.uuid4().hex[:8]),
+                 master=hsm_master())
+    yield r
+    r.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(endpoint: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(endpoint + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("server did not become healthy")
+
+
+def write_config(path: Path, *, url: str, master: dict, principals, data_dir: Path, extra: str = "") -> Path:
+    """A replica's TOML config: secrets by environment variable name only."""
+    lines = [f'[server]\nhost = "127.0.0.1"\nport = 0\ndata_dir = "{data_dir}"\n{extra}',
+             f'[storage]\nurl = "{url}"\n',
+             "[master_key]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in master.items())]
+    for p in principals:
+        actions = json.dumps(list(p.account_actions))
+        lines.append(f'[[principals]]\nname = "{p.name}"\naccess_key_id = "{p.access_key_id}"\n'
+                     f'secret_access_key_env = "HA_SECRET_{p.name.upper()}"\naccount_actions = {actions}\n')
+    path.write_text("\n".join(lines))
+    return path
+
+
+def secrets_env(principals) -> dict[str, str]:
+    return {f"HA_SECRET_{p.name.upper()}": p.secret for p in principals}
+
+
+def test_master_key_in_the_hsm_rotates_and_rewraps_without_downtime(hsm_replicas, tmp_path):
+    from encfs.server.masterkey_pkcs11 import Pkcs11MasterKey
+    from encfs.server.rewrap import rewrap_stored
+
+    r = hsm_replicas
+    assert "Pkcs11MasterKey" in repr(r.a.server.master)
+    admin_a, admin_b = r.clients("admin")
+    keys = [admin_a.create_key()["KeyMetadata"]["KeyId"] for _ in range(4)]
+    admin_b.rotate_key_on_demand(KeyId=keys[0])
+    made = [(k, admin_b.generate_data_key(KeyId=k, KeySpec="AES_256")) for k in keys]
+    stop, errors, calls = threading.Event(), [], [0]
+
+    def load(kms) -> None:  # both replicas keep serving through the rotation and the rewrap
+        try:
+            while not stop.is_set():
+                for k, dk in made:
+                    assert kms.decrypt(CiphertextBlob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
+                    new = kms.generate_data_key(KeyId=k, KeySpec="AES_256")
+                    assert kms.decrypt(CiphertextBlob=new["CiphertextBlob"])["Plaintext"] == new["Plaintext"]
+                    calls[0] += 3
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load, args=(kms,)) for kms in r.clients("admin")]
+    for t in threads:
+        t.start()
+    try:
+        # What `encfs server-master rotate` does, from a third process's view.
+        cfg_path = write_config(tmp_path / "kms.toml", url=r.cfg_a.storage["url"], master=r.cfg_a.master_key,
+                                principals=r.cfg_a.principals, data_dir=tmp_path)
+        env = {**os.environ, **secrets_env(r.cfg_a.principals)}
+        master = Pkcs11MasterKey(r.cfg_a.master_key["key"])
+        v1 = master.current_version()
+        out = subprocess.run([*ENCFS, "server-master", "rotate", "--config", str(cfg_path)], check=False, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert f"current version {v1 + 1}" in out.stdout and "re-wrapped 5 key versions" in out.stdout, out.stdout
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors and calls[0] > 0
+    status = subprocess.run([*ENCFS, "server-master", "status", "--config", str(cfg_path)], check=False, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and f"v{v1 + 1}: " in status.stdout and f"v{v1}: " not in status.stdout, \
+        status.stdout + status.stderr
+    for kms in r.clients("admin"):  # old ciphertexts open after the rewrap, on both replicas
+        for k, dk in made:
+            assert kms.decrypt(CiphertextBlob=dk["CiphertextBlob"])["Plaintext"] == dk["Plaintext"]
+
+    async def recheck():
+        st = PostgresStorage(r.cfg_a.storage["url"])
+        await st.open()
+        try:
+            return await rewrap_stored(st, master, dry_run=True)
+        finally:
+            await st.close()
+
+    report = run(recheck())
+    assert set(report.versions) == {v1 + 1} and report.material_rewrapped == 0
+
+
+def test_a_database_dump_and_the_config_decrypt_nothing_without_the_hsm(hsm_replicas, postgres, tmp_path):
+    """pg_dump, restored elsewhere, served with the same config by someone
+    with no access to the HSM (no PIN; or a token of their own with the
+    same labels): no key material and no secret comes out."""
+    from _postgres import _bindir
+    from _softhsm import TOKEN
+
+    from encfs.cli.hsm import init_softhsm
+
+    r = hsm_replicas
+    admin_a, _ = r.clients("admin")
+    key = admin_a.create_key()["KeyMetadata"]["KeyId"]
+    dk = admin_a.generate_data_key(KeyId=key, KeySpec="AES_256")
+    dump = subprocess.run([os.path.join(_bindir(), "pg_dump"), "--no-owner", r.cfg_a.storage["url"]],
+                          capture_output=True, check=True, timeout=60).stdout
+    assert b"key_versions" in dump and b"access_keys" in dump
+    for p in r.cfg_a.principals:
+        assert p.secret.encode() not in dump
+    url = postgres.createdb("stolen_" + uuid.uuid4().hex[:8])
+    subprocess.run([os.path.join(_bindir(), "psql"), "-q", "-v", "ON_ERROR_STOP=1", url], input=dump,
+                   capture_output=True, check=True, timeout=60)
+    cfg_path = write_config(tmp_path / "kms.toml", url=url, master=r.cfg_a.master_key,
+                            principals=r.cfg_a.principals, data_dir=tmp_path)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ENCFS_PKCS11_PIN")}
+    base.update(secrets_env(r.cfg_a.principals))
+
+    # No PIN: the server does not start, and says why in one line.
+    out = subprocess.run([*ENCFS, "server", "--config", str(cfg_path)], check=False, env=base, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode != 0 and "encfs: error:" in out.stderr and "PIN" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+    # A token of the attacker's own, same token and key labels: it starts
+    # (the config's secrets are re-sealed under the attacker's key), but
+    # nothing stored opens.
+    other = init_softhsm(tmp_path / "other-hsm", token=TOKEN)
+    env = {**base, "SOFTHSM2_CONF": str(other.conf), "ENCFS_PKCS11_PIN": other.pin_file.read_text().strip()}
+    port = _free_port()
+    proc = subprocess.Popen([*ENCFS, "server", "--config", str(cfg_path), "--port", str(port)],
+                            env=env, stderr=subprocess.PIPE)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        _wait_healthy(endpoint, proc)
+        thief = client(endpoint, r.p["admin"])
+        assert thief.describe_key(KeyId=key)["KeyMetadata"]["KeyId"] == key  # metadata is not secret
+        for call in (lambda: thief.decrypt(CiphertextBlob=dk["CiphertextBlob"]),
+                     lambda: thief.generate_data_key(KeyId=key, KeySpec="AES_256")):
+            with pytest.raises(ClientError) as err:
+                call()
+            assert err.value.response["Error"]["Code"] == "KMSInternalException"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -23,7 +23,7 @@ from .util import printable
 
 #: Modules that add commands to ``cli``; a missing one is skipped so that a
 #: partially installed tree still runs.
-COMMAND_MODULES = ("files", "demo", "keys", "audit", "rewrap", "hsm", "stats", "server")
+COMMAND_MODULES = ("files", "demo", "keys", "audit", "rewrap", "hsm", "stats", "server", "server_master")
 
 
 class _BrokenPipe(Exception):

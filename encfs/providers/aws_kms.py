@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import (
@@ -156,6 +156,10 @@ class AwsKmsProvider(KeyProvider):
     ----------
     region_name, profile_name, endpoint_url:
         Where and as whom to call KMS (boto3 default chain otherwise).
+        ``endpoint_url`` may list several endpoints (replicas of a key
+        server, docs/SERVER.md "High availability"): calls go to one, and a
+        connection failure or a 5xx answer moves every later call to the
+        next, so a dead replica costs a retry, not a failed object.
         Entries are always decrypted in the region named by their ARN.
     discovery, discovery_accounts, discovery_key_arns, discovery_partition, discovery_regions:
         Discovery mode: also unwrap entries of keys not configured on the
@@ -182,7 +186,7 @@ class AwsKmsProvider(KeyProvider):
         *,
         region_name: str | None = None,
         profile_name: str | None = None,
-        endpoint_url: str | None = None,
+        endpoint_url: str | Sequence[str] | None = None,
         discovery: bool = False,
         discovery_accounts: Iterable[str] | None = None,
         discovery_key_arns: Iterable[str] | None = None,
@@ -200,7 +204,13 @@ class AwsKmsProvider(KeyProvider):
     ) -> None:
         self.region_name = region_name
         self.profile_name = profile_name
-        self.endpoint_url = endpoint_url
+        endpoints = [endpoint_url] if isinstance(endpoint_url, str) else list(endpoint_url or ())
+        if not all(isinstance(e, str) and e for e in endpoints):
+            raise ConfigurationError("endpoint_url must be a URL or a list of URLs")
+        self.endpoint_url = endpoint_url if isinstance(endpoint_url, str) or endpoint_url is None else endpoints
+        self._endpoints: list[str | None] = list(endpoints) or [None]
+        #: Index into _endpoints of the endpoint calls go to (failover moves it).
+        self._active = 0
         self.discovery = bool(discovery)
         self.discovery_accounts = frozenset(str(a) for a in (discovery_accounts or ()))
         self.discovery_key_arns = frozenset(discovery_key_arns or ())
@@ -262,7 +272,7 @@ class AwsKmsProvider(KeyProvider):
             key = region or self.region_name
             client = self._clients.get(key)
             if client is None:
-                client = self._clients[key] = self._new_client(key)
+                client = self._clients[key] = self._new_client(key, self._endpoints[self._active])
                 while len(self._clients) > MAX_CLIENTS:
                     # Dropped, not closed: another thread may be mid-call on it.
                     self._clients.popitem(last=False)
@@ -270,7 +280,7 @@ class AwsKmsProvider(KeyProvider):
                 self._clients.move_to_end(key)
             return client
 
-    def _new_client(self, region: str | None) -> Any:
+    def _new_client(self, region: str | None, endpoint_url: str | None = None) -> Any:
         try:
             import boto3
             from botocore.config import Config
@@ -294,7 +304,7 @@ class AwsKmsProvider(KeyProvider):
                     session = boto3.session.Session(profile_name=self.profile_name)
                     _SESSIONS[self.profile_name or ""] = session
                 return session.client("kms", region_name=region or self.region_name,
-                                      endpoint_url=self.endpoint_url, config=config)
+                                      endpoint_url=endpoint_url, config=config)
             except Exception as exc:  # e.g. NoRegionError, unknown profile
                 raise ConfigurationError(f"cannot create an AWS KMS client: {exc}") from exc
 
@@ -310,7 +320,8 @@ class AwsKmsProvider(KeyProvider):
     def _call(self, method: str, key: str, operation: str, **params: Any) -> dict[str, Any]:
         """Call KMS ``method`` with retries; translate failures at this boundary."""
         # The client first: without boto3 it raises the "pip install 'encfs[aws]'" hint.
-        client = self._client(self._region_of(key) if key else None)
+        region = self._region_of(key) if key else None
+        client = self._client(region)
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -331,11 +342,14 @@ class AwsKmsProvider(KeyProvider):
                 code = exc.response.get("Error", {}).get("Code", "")
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 if (code in _RETRYABLE or status >= 500) and attempt < self.max_attempts:
+                    if status >= 500:
+                        client = self._failover(client, region)
                     self._backoff(attempt)
                     continue
                 raise self._translate(code, exc, key, operation, api) from exc
             except (BotoConnectionError, HTTPClientError) as exc:
                 if attempt < self.max_attempts:
+                    client = self._failover(client, region)
                     self._backoff(attempt)
                     continue
                 raise KeyUnavailableError(
@@ -354,6 +368,17 @@ class AwsKmsProvider(KeyProvider):
                 raise KeyServiceError(f"AWS KMS {api} for {operation} of key {key or '-'} failed: {exc}",
                                       key=uri, operation=operation) from exc
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _failover(self, failed: Any, region: str | None) -> Any:
+        """With several endpoints: move every later call off the one that
+        failed (unless another thread already did) and return the client to
+        retry with."""
+        if len(self._endpoints) > 1 and self._injected is None:
+            with self._lock:
+                if self._clients.get(region or self.region_name) is failed:
+                    self._active = (self._active + 1) % len(self._endpoints)
+                    self._clients.clear()  # every region's client: rebuilt on the next endpoint
+        return self._client(region)
 
     def _backoff(self, attempt: int) -> None:
         # Full jitter (AWS architecture blog): spreads retrying clients apart.

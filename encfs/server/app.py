@@ -86,7 +86,11 @@ def open_master_key(cfg: ServerConfig, *, create: bool) -> MasterKey:
     if kind == "local":
         return LocalKeystoreMasterKey(cfg.master_key.get("keystore"), cfg.master_key.get("alias",
                                       "encfs-server/master"), create=create or bool(cfg.master_key.get("create")))
-    raise ConfigurationError(f"master_key: unknown type {kind!r} (this build has: local)")
+    if kind == "pkcs11":  # a non-extractable AES key in an HSM (docs/SERVER.md, "High availability")
+        from .masterkey_pkcs11 import from_config
+
+        return from_config(cfg.master_key, create=create)
+    raise ConfigurationError(f"master_key: unknown type {kind!r} (this build has: local, pkcs11)")
 
 
 async def _check_master(storage: Storage, cfg: ServerConfig, *, create: bool,
