@@ -296,3 +296,30 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.skipif(not __import__("shutil").which("aws"), reason="the AWS CLI is not installed")
+def test_the_aws_cli_works_unchanged(tmp_path):
+    proc = subprocess.Popen([*ENCFS, "server", "--dev", "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        exports = dict(proc.stdout.readline().strip().removeprefix("export ").split("=", 1) for _ in range(4))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(exports, AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+
+        def aws(*args: str) -> str:
+            out = subprocess.run(["aws", "kms", *args, "--output", "text"], env=env, capture_output=True, text=True,
+                                 check=False, timeout=60)
+            assert out.returncode == 0, out.stderr
+            return out.stdout.strip()
+
+        key = aws("create-key", "--query", "KeyMetadata.KeyId")
+        (tmp_path / "plain").write_bytes(b"hello")
+        blob = aws("encrypt", "--key-id", key, "--plaintext", f"fileb://{tmp_path / 'plain'}",
+                   "--encryption-context", "team=a", "--query", "CiphertextBlob")
+        (tmp_path / "blob").write_bytes(__import__("base64").b64decode(blob))
+        assert aws("decrypt", "--ciphertext-blob", f"fileb://{tmp_path / 'blob'}", "--encryption-context", "team=a",
+                   "--query", "Plaintext") == "aGVsbG8="
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
