@@ -20,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import dis
 import io
+import itertools
 import os
 import sys
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from fsspec.spec import AbstractBufferedFile
@@ -48,7 +49,7 @@ from .format import (
     segment_count,
     segment_offset,
 )
-from .readahead import READ_AHEAD_REQUESTS, Readahead
+from .readahead import READ_AHEAD_REQUESTS, SPLIT_MIN, Readahead
 from .targets import Sink
 
 if TYPE_CHECKING:
@@ -150,11 +151,10 @@ class ObjectReader:
         # read block each in flight (readahead.py; memory bounded there).
         self._stream: Readahead | None = None
         self._stream_lock = threading.Lock()
+        self._block_segs = max(1, block // self.segment_size)
         if io.concurrent and self.ct_size > len(self._head):
-            self._stream = Readahead(io, path, self.nseg, max(1, block // self.segment_size),
-                                     READ_AHEAD_REQUESTS, self._span)
-        chunk = self._stream.chunk_segs if self._stream else 0
-        self._cache_limit = max(SEGMENT_CACHE, self._max_ahead + 4, chunk + 4)
+            self._stream = Readahead(io, path, self.nseg, self._block_segs, READ_AHEAD_REQUESTS, self._span)
+        self._cache_limit = max(SEGMENT_CACHE, self._max_ahead + 4, self._block_segs + 4)
         if len(self._head) >= self.ct_size:
             # The whole object is in hand: proving its size costs nothing.
             self._load(range(self.nseg - 1, self.nseg))
@@ -247,8 +247,14 @@ class ObjectReader:
             missing = [i for i in segs if i not in out]
             limit = self.nseg if sequential else segs[-1] + 1
             if sequential:
+                # Ramp up while access stays sequential: a reader that stops
+                # early wastes at most what was in flight.
+                stream.chunk_segs = self._block_segs
                 stream.in_flight = min(stream.depth, 2 * stream.in_flight)
             else:
+                # One large random read: split evenly, nothing read beyond it.
+                split = max(SPLIT_MIN // self.segment_size, -(-len(segs) // stream.depth))
+                stream.chunk_segs = max(1, min(self._block_segs, split))
                 stream.in_flight = stream.depth
             if not missing:
                 stream.top_up(limit)
@@ -306,7 +312,7 @@ class ObjectReader:
         sequential = start == self._seq_end
         self._seq_end = end
         stream = self._stream
-        if stream is not None and (sequential or len(segs) > stream.chunk_segs):
+        if stream is not None and (sequential or end - start > SPLIT_MIN):
             parts = self._stream_load(segs, sequential)
         else:
             self._ahead = min(self._max_ahead, max(1, 2 * self._ahead)) if sequential else 0
@@ -361,6 +367,9 @@ class EncryptedReadFile(AbstractBufferedFile):
         # Line reading keeps one window of plaintext (see readline).
         self._lines = b""
         self._lines_at = 0
+        self._cur: io.BytesIO | None = None
+        self._cur_base = 0
+        self._loc = 0
         super().__init__(efs, path, mode=mode, block_size=block_size, cache_type=cache_type,
                          cache_options=cache_options, size=self.reader.size, **kwargs)
 
@@ -394,64 +403,106 @@ class EncryptedReadFile(AbstractBufferedFile):
         return super().read(length)
 
     # -- lines: fsspec's readline re-reads a whole block per line (it seeks
-    # back after each one), which cost 500x plain files; here one window of
-    # plaintext serves every line inside it.
+    # back after each one), which cost 500x plain files.  Here a window of
+    # plaintext (LINE_WINDOW) is decrypted once and lines are cut from it by
+    # an io.BytesIO "cursor" in C; while a cursor is active the position is
+    # the cursor's (see ``loc``), so tell(), seek() and read() stay exact
+    # even in the middle of ``for line in f``.
+    @property
+    def loc(self) -> int:
+        cur = self._cur
+        return self._loc if cur is None else self._cur_base + cur.tell()
+
+    @loc.setter
+    def loc(self, value: int) -> None:
+        cur = self._cur
+        if cur is not None:
+            cur.seek(0, 2)  # stop a ``for`` loop still iterating it
+            self._cur = None
+        self._loc = value
+
     def _line_window(self) -> tuple[bytes, int]:
         """The plaintext window holding ``self.loc`` and loc's index in it
         (``b""`` at the end of the object)."""
+        loc = self.loc
         buf, at = self._lines, self._lines_at
-        if at <= self.loc < at + len(buf):
-            return buf, self.loc - at
-        end = min(self.size, self.loc + max(LINE_WINDOW, self.reader.segment_size))
-        buf = self.reader.read(self.loc, end)  # at the end: b"", after the final segment authenticated
-        self._lines, self._lines_at = buf, self.loc
+        if at <= loc < at + len(buf):
+            return buf, loc - at
+        end = min(self.size, loc + max(LINE_WINDOW, self.reader.segment_size))
+        buf = self.reader.read(loc, end)  # at the end: b"", after the final segment authenticated
+        self._lines, self._lines_at = buf, loc
         return buf, 0
 
+    def _cursor(self, whole_lines: bool) -> io.BytesIO | None:
+        """A cursor at ``self.loc`` over the rest of its window (for
+        ``whole_lines``, up to the window's last newline: None when the
+        window holds none).  None at the end of the object."""
+        loc = self.loc
+        buf, i = self._line_window()
+        if not buf:
+            return None
+        if whole_lines and self._lines_at + len(buf) < self.size:
+            cut = buf.rfind(b"\n", i) + 1
+            if not cut:
+                return None
+            cur = io.BytesIO(buf[i:cut])
+        else:
+            cur = io.BytesIO(buf)  # shares buf: no copy
+            cur.seek(i)
+        self.loc = loc  # detaches any previous cursor
+        self._cur, self._cur_base = cur, loc - cur.tell()
+        return cur
+
     def readline(self, size: int | None = -1) -> bytes:
+        cur = self._cur
+        if cur is not None and (size is None or size < 0):
+            line = cur.readline()  # the common case, kept short: a whole line in the window
+            if line[-1:] == b"\n":
+                return line
+            return line + self._readline(-1) if line else self._readline(-1)
+        return self._readline(-1 if size is None or size < 0 else int(size))
+
+    def _readline(self, want: int) -> bytes:
         if self.closed:
             raise ValueError("I/O operation on closed file")
-        want = None if size is None or size < 0 else int(size)
         pieces: list[bytes] = []
-        while want is None or want > 0:
-            buf, i = self._line_window()
-            if not buf:
+        while want:
+            cur = self._cur or self._cursor(False)
+            if cur is None:
                 break
-            stop = len(buf) if want is None else min(len(buf), i + want)
-            nl = buf.find(b"\n", i, stop)
-            end = stop if nl < 0 else nl + 1
-            piece = buf[i:end]
-            pieces.append(piece)
-            self.loc += len(piece)
-            if nl >= 0:
+            line = cur.readline(want)
+            if not line:  # the cursor's window is used up: the next one
+                self.loc = self.loc
+                continue
+            pieces.append(line)
+            if line[-1:] == b"\n":
                 break
-            if want is not None:
-                want -= len(piece)
+            if want > 0:
+                want -= len(line)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def __iter__(self) -> Iterator[bytes]:
-        # ``for line in f``: lines split in C (io.BytesIO) within a window.
+        # Whole windows of lines, each split in C; chain keeps the per-line
+        # cost in C too.
+        return itertools.chain.from_iterable(self._line_runs())
+
+    def _line_runs(self) -> Iterator[Iterable[bytes]]:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
         while True:
-            buf, i = self._line_window()
-            if not buf:
+            cur = self._cursor(True)
+            if cur is not None:
+                yield cur
+                continue
+            line = self.readline()  # a line longer than the window, or the end
+            if not line:
                 return
-            lines = io.BytesIO(buf)
-            lines.seek(i)
-            for line in lines:
-                if line[-1:] != b"\n" and self._lines_at + len(buf) < self.size:
-                    # Cut by the window's end: the rest comes from the next window(s).
-                    self.loc += len(line)
-                    line += self.readline()
-                    yield line
-                    break
-                self.loc += len(line)
-                expected = self.loc
-                yield line
-                if self.loc != expected:
-                    break  # the caller moved (seek): restart where it went
+            yield (line,)
 
     def close(self) -> None:
         if not self.closed:
             self.reader.close()
+            self.loc = self.loc  # detach the line cursor
             self._lines = b""
         super().close()
 

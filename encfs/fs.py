@@ -29,6 +29,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.utils import isfilelike
 
+from .aio import AsyncMethods
 from .chaining import nested_target_options
 from .errors import (
     ConfigurationError,
@@ -107,7 +108,7 @@ class _KeystoreHomeToken:
         return f"ENCFS_HOME={os.environ.get('ENCFS_HOME')!r}"
 
 
-class EncryptedFileSystem(ChainedFileSystem):
+class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
     """Transparent envelope encryption over a target fsspec filesystem.
 
     Parameters
@@ -183,6 +184,11 @@ class EncryptedFileSystem(ChainedFileSystem):
         self.protocol = self._declared_protocols(fs)
         #: How this target is read and written (encfs/targets/).
         self.io: TargetIO = target_io(fs)
+        # fsspec's async callers (generic.rsync, zarr) await the coroutine
+        # twins (aio.py) when the target is async; otherwise they call the
+        # sync methods, which never touch an event loop.
+        self.async_impl = self.io.concurrent
+        self.asynchronous = bool(kwargs.get("asynchronous", False))
         self.segment_size = check_segment_size(segment_size)
         if read_block_size is None:
             # Sequential readahead window (file.py), and the size of each
@@ -568,6 +574,25 @@ class EncryptedFileSystem(ChainedFileSystem):
         reason = unsafe_reason(self._target_path(rpath).strip("/"))
         if reason is not None:
             raise UnsafePathError(rpath, reason)
+
+    def cat(self, path: Any, recursive: bool = False, on_error: str = "raise", **kwargs: Any) -> Any:
+        """fsspec's ``cat``; on a concurrent target the objects are read in
+        parallel (one ``cat_file`` after another otherwise)."""
+        if not self.io.concurrent or kwargs:
+            return super().cat(path, recursive=recursive, on_error=on_error, **kwargs)
+        paths = self.expand_path(path, recursive=recursive)
+        if len(paths) <= 1 and not isinstance(path, list) and paths and paths[0] == self._strip_protocol(path):
+            return self.cat_file(paths[0])
+        got = self._concurrent_cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return")
+        out: dict[str, Any] = {}
+        for p, value in zip(paths, got):
+            if isinstance(value, Exception):
+                if on_error == "raise":
+                    raise value
+                if on_error == "omit":
+                    continue
+            out[p] = value
+        return out
 
     def _concurrent_cat_ranges(self, paths: list[str], starts: list[Any], ends: list[Any],
                                on_error: str) -> list[Any]:

@@ -22,6 +22,9 @@ from .targets import TargetIO
 
 #: Ranged requests a sequential reader keeps in flight (at most).
 READ_AHEAD_REQUESTS = 4
+#: A random read of more than this many bytes is split into up to
+#: READ_AHEAD_REQUESTS concurrent requests (of at least this size each).
+SPLIT_MIN = 1024 * 1024
 
 
 class Readahead:

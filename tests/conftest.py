@@ -49,3 +49,37 @@ def efs_local(tmp_path, encfs_home):
 @pytest.fixture
 def plain_local():
     return fsspec.filesystem("file")
+
+
+@pytest.fixture
+def prefetching(monkeypatch):
+    """Turn an encfs over a memory target into one that reads like an async
+    target (S3): the real Readahead and its futures, with requests run by a
+    thread pool over the real MemoryIO, windows of two segments and splits
+    from two segments on, so small test objects take the prefetch paths
+    (several requests in flight, chunks decrypted in order)."""
+    import concurrent.futures
+
+    import encfs.file
+    from encfs.format import HEADER_REGION
+    from encfs.targets import MemoryIO
+
+    pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="test-prefetch")
+
+    class ConcurrentMemoryIO(MemoryIO):
+        concurrent = True
+
+        def submit(self, path, start, end):
+            return pool.submit(lambda: bytes(self.fetch(path, start, end)))
+
+    def make(efs, ranged=True):
+        efs.io = ConcurrentMemoryIO(efs.fs)
+        efs.read_block_size = 2 * efs.segment_size
+        monkeypatch.setattr(encfs.file, "SPLIT_MIN", 2 * efs.segment_size)
+        if ranged:  # the probe brings the header only: every segment is read by range
+            monkeypatch.setattr(encfs.file, "SMALL_OBJECT", 0)
+            monkeypatch.setattr(encfs.file, "PROBE_BYTES", HEADER_REGION)
+        return efs
+
+    yield make
+    pool.shutdown(wait=True)

@@ -269,9 +269,8 @@ def test_a_read_reaching_the_end_authenticates_the_final_segment(efs_seg, memfs,
         f.seek(0, 2)
         with pytest.raises(IntegrityError):
             f.read()  # even an empty read at the end proves the size first
-    with efs_seg.open("/big", "rb") as f:
-        with pytest.raises(IntegrityError):
-            f.read()
+    with efs_seg.open("/big", "rb") as f, pytest.raises(IntegrityError):
+        f.read()
     for start, end in [(0, None), (-1, None), (len(data) - 5, len(data) + 5)]:
         with pytest.raises(IntegrityError):
             efs_seg.cat_file("/big", start=start, end=end)

@@ -35,8 +35,10 @@ def _no_audit(monkeypatch):
     monkeypatch.setenv("ENCFS_AUDIT_LOG", "off")
 
 
-def _efs(memfs: Any, home: Any, segment_size: int) -> EncryptedFileSystem:
-    return EncryptedFileSystem(fs=memfs, keystore=str(home), segment_size=segment_size, skip_instance_cache=True)
+def _efs(memfs: Any, home: Any, segment_size: int, ranged: Any = False, prefetching: Any = None
+         ) -> EncryptedFileSystem:
+    efs = EncryptedFileSystem(fs=memfs, keystore=str(home), segment_size=segment_size, skip_instance_cache=True)
+    return prefetching(efs, ranged=False) if ranged == "prefetch" else efs
 
 
 @st.composite
@@ -49,7 +51,9 @@ def objects(draw: Any) -> tuple[int, bytes, list[int] | None, bool]:
     data = random.Random(draw(st.integers(0, 2**32))).randbytes(size)
     # None: pipe_file; else sizes of successive write() calls.
     chunks = draw(st.one_of(st.none(), st.lists(st.integers(1, 3 * seg), max_size=12)))
-    ranged = draw(st.booleans())
+    # False: whole object at open; True: ranged reads; "prefetch": ranged
+    # reads through the Readahead, as on S3 (conftest's prefetching).
+    ranged = draw(st.sampled_from([False, True, "prefetch"]))
     return seg, data, chunks, ranged
 
 
@@ -75,7 +79,7 @@ class _Ranged:
         self.on, self.saved = on, (encfs.file.SMALL_OBJECT, encfs.file.PROBE_BYTES)
 
     def __enter__(self) -> None:
-        if self.on:
+        if self.on:  # True or "prefetch"
             # The opening probe brings the header only: every segment is a
             # ranged read, the final one authenticated when a read reaches it.
             encfs.file.SMALL_OBJECT, encfs.file.PROBE_BYTES = 0, HEADER_REGION
@@ -100,9 +104,9 @@ file_ops = st.lists(
 @SETTINGS
 @given(obj=objects(), ops=file_ops, cache_type=st.sampled_from(CACHE_TYPES),
        block_size=st.sampled_from([None, 100, 1024, 5000]))
-def test_random_seek_read(memfs, encfs_home, obj, ops, cache_type, block_size) -> None:
+def test_random_seek_read(memfs, encfs_home, prefetching, obj, ops, cache_type, block_size) -> None:
     seg, data, chunks, ranged = obj
-    efs = _efs(memfs, encfs_home, seg)
+    efs = _efs(memfs, encfs_home, seg, ranged, prefetching)
     with _Ranged(ranged):
         _store(efs, "/h/obj.bin", data, chunks)
         assert efs.info("/h/obj.bin")["size"] == len(data)
@@ -131,9 +135,9 @@ def test_random_seek_read(memfs, encfs_home, obj, ops, cache_type, block_size) -
 
 @SETTINGS
 @given(obj=objects(), spans=st.lists(st.tuples(bounds, bounds), min_size=1, max_size=12))
-def test_random_cat_file(memfs, encfs_home, obj, spans) -> None:
+def test_random_cat_file(memfs, encfs_home, prefetching, obj, spans) -> None:
     seg, data, chunks, ranged = obj
-    efs = _efs(memfs, encfs_home, seg)
+    efs = _efs(memfs, encfs_home, seg, ranged, prefetching)
     with _Ranged(ranged):
         _store(efs, "/h/cat.bin", data, chunks)
         assert efs.cat_file("/h/cat.bin") == data
@@ -144,10 +148,10 @@ def test_random_cat_file(memfs, encfs_home, obj, spans) -> None:
 
 @SETTINGS
 @given(a=objects(), b=objects(), spans=st.lists(st.tuples(st.booleans(), bounds, bounds), min_size=1, max_size=12))
-def test_random_cat_ranges_over_two_objects(memfs, encfs_home, a, b, spans) -> None:
+def test_random_cat_ranges_over_two_objects(memfs, encfs_home, prefetching, a, b, spans) -> None:
     # Both objects must share the filesystem's segment size.
     seg = a[0]
-    efs = _efs(memfs, encfs_home, seg)
+    efs = _efs(memfs, encfs_home, seg, a[3], prefetching)
     with _Ranged(a[3]):
         _store(efs, "/h/a.bin", a[1], a[2])
         _store(efs, "/h/b.bin", b[1], b[2])
@@ -159,9 +163,10 @@ def test_random_cat_ranges_over_two_objects(memfs, encfs_home, a, b, spans) -> N
         assert out == [oracle[p][s:e] for p, s, e in zip(paths, starts, ends)]
 
 
-def test_concurrent_range_reads_match_oracle(memfs, encfs_home) -> None:
+@pytest.mark.parametrize("mode", [False, "prefetch"])
+def test_concurrent_range_reads_match_oracle(memfs, encfs_home, prefetching, mode) -> None:
     """Many threads reading random ranges of one object through one filesystem."""
-    efs = _efs(memfs, encfs_home, 1024)
+    efs = _efs(memfs, encfs_home, 1024, mode, prefetching)
     rnd = random.Random(7)
     data = rnd.randbytes(40_000)
     efs.pipe_file("/h/conc.bin", data)

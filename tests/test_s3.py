@@ -117,6 +117,38 @@ def test_interrupted_write_leaves_nothing(moto_server, s3, efs):
     assert not s3.exists(path)
 
 
+def test_failed_concurrent_part_aborts_the_upload(moto_server, s3, efs, monkeypatch):
+    """A part that fails while others are in flight: the write fails, the
+    multipart upload is aborted after the other parts settle, no object."""
+    import asyncio
+
+    from encfs.targets.s3 import S3MultipartSink
+
+    path = f"{s3.test_bucket}/failing.bin"
+    client = moto_server.boto3("s3")
+    real_submit = S3MultipartSink._submit
+    seen: list[int] = []
+
+    def submit(self, method, **kwargs):
+        if method == "upload_part":
+            seen.append(kwargs["PartNumber"])
+            if kwargs["PartNumber"] == 3:
+                async def fail():
+                    await asyncio.sleep(0.05)
+                    raise OSError("injected part failure")
+                return asyncio.run_coroutine_threadsafe(fail(), self.fs.loop)
+        return real_submit(self, method, **kwargs)
+
+    monkeypatch.setattr(S3MultipartSink, "_submit", submit)
+    with pytest.raises(OSError, match="injected part failure"), efs.open(path, "wb") as f:
+        for _ in range(8):
+            f.write(_data(3 * MiB))
+    assert 3 in seen and max(seen) > 3  # parts after the failing one were in flight too
+    assert not s3.exists(path)
+    assert not client.list_multipart_uploads(Bucket=s3.test_bucket).get("Uploads")
+    assert not s3.ls(s3.test_bucket)
+
+
 def test_killed_writer_leaves_no_object(moto_server, s3, kms_key, tmp_path):
     """A process that dies mid-write (no close, no cleanup) leaves no object:
     only an invisible incomplete multipart upload, which S3 lifecycle rules

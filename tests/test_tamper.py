@@ -8,7 +8,9 @@ original bytes.  A read never returns anything else.
 
 Targets: a memory filesystem and the local disk, each read whole-object
 (small objects are fetched in one request) and by ranged requests
-(``SMALL_OBJECT`` forced to 0), plus memory without the data-key cache.
+(``SMALL_OBJECT`` forced to 0), plus memory without the data-key cache, and
+memory read as an async target is (several overlapping ranged requests
+through the Readahead, conftest's ``prefetching``).
 Objects use 1 KiB segments so the matrix stays small and fast.
 """
 
@@ -58,6 +60,8 @@ class Target:
     efs: EncryptedFileSystem
     root: str
     home: Path
+    #: Applied to siblings too (the prefetching target's I/O).
+    wrap: Callable[[EncryptedFileSystem], EncryptedFileSystem] = lambda efs: efs
 
     @property
     def raw(self) -> Any:
@@ -76,14 +80,14 @@ class Target:
         """Another filesystem over the same target storage."""
         opts: dict[str, Any] = {"keystore": str(self.home), "segment_size": SEG, "skip_instance_cache": True}
         opts.update(kwargs)
-        return EncryptedFileSystem(fs=self.raw, **opts)
+        return self.wrap(EncryptedFileSystem(fs=self.raw, **opts))
 
 
-TARGETS = ["memory", "memory-ranged", "memory-nocache", "local", "local-ranged"]
+TARGETS = ["memory", "memory-ranged", "memory-nocache", "local", "local-ranged", "memory-prefetch-ranged"]
 
 
 @pytest.fixture(params=TARGETS)
-def target(request, memfs, tmp_path, encfs_home, monkeypatch) -> Target:
+def target(request, memfs, tmp_path, encfs_home, monkeypatch, prefetching) -> Target:
     name = request.param
     # Thousands of failed unwraps would each append (and fsync) an audit
     # record; auditing has its own tests, here it only costs time.
@@ -97,6 +101,10 @@ def target(request, memfs, tmp_path, encfs_home, monkeypatch) -> Target:
     opts: dict[str, Any] = {"keystore": str(encfs_home), "segment_size": SEG, "skip_instance_cache": True}
     if name.endswith("-nocache"):
         opts["cache"] = False
+    if name.startswith("memory-prefetch"):
+        # As S3: overlapping ranged requests through the Readahead (conftest).
+        return Target(name, prefetching(EncryptedFileSystem(fs=memfs, **opts)), "/tamper", encfs_home,
+                      prefetching)
     if name.startswith("memory"):
         return Target(name, EncryptedFileSystem(fs=memfs, **opts), "/tamper", encfs_home)
     root = tmp_path / "store"

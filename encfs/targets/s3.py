@@ -9,8 +9,11 @@ Why multipart: a multipart upload is invisible until
 ``CompleteMultipartUpload``, so an object appears whole or not at all, and
 an aborted or interrupted upload leaves no object (an upload orphaned by a
 killed process is invisible too; a bucket lifecycle rule
-``AbortIncompleteMultipartUpload`` reclaims its parts).  Memory stays at
-about one part plus the part in flight, whatever the object size.
+``AbortIncompleteMultipartUpload`` reclaims its parts).  Up to
+:data:`IN_FLIGHT` parts upload concurrently while the writer encrypts the
+next one, so memory stays at about ``(IN_FLIGHT + 1) x part size`` (40 MiB
+by default) whatever the object size; a part that fails aborts the whole
+upload once the others in flight have settled, so no part outlives it.
 
 Parts are cut at segment boundaries (FORMAT.md section 5: segment i sits at
 ``header_region + i * (segment_size + 16)``): part 1 is the header plus
@@ -45,8 +48,13 @@ PARTS_PER_DOUBLING = 1000
 SERVER_COPY_MIN = 2 * MIN_PART
 #: Bytes per UploadPartCopy request.
 COPY_PART = 512 * 1024 * 1024
-#: Parts in flight while the writer keeps encrypting (bounds memory).
-IN_FLIGHT = 2
+#: Part size when the target's block size is larger (s3fs: 50 MiB): small
+#: enough that several parts overlap on the wire for objects of tens of MiB.
+PART_SIZE = 8 * 1024 * 1024
+#: Parts uploading at once while the writer keeps encrypting.  Memory held
+#: by a writer: IN_FLIGHT parts in flight plus the part being filled, i.e.
+#: about (IN_FLIGHT + 1) x part size (5 x 8 MiB by default).
+IN_FLIGHT = 4
 
 
 class S3MultipartSink(Sink):
@@ -57,7 +65,8 @@ class S3MultipartSink(Sink):
         self.bucket, self.key, _ = fs.split_path(path)
         if not self.key:
             raise IsADirectoryError(f"cannot write an object at a bucket root: {path}")
-        self.part_size = max(MIN_PART, min(MAX_PART, int(part_size or fs.default_block_size or MIN_PART)))
+        self.part_size = max(MIN_PART, min(MAX_PART, int(part_size or min(fs.default_block_size or PART_SIZE,
+                                                                              PART_SIZE))))
         self._buf = bytearray()
         self._offset = 0  # object offset of self._buf[0]
         self._stride: int | None = None  # segment stride, once the header has been seen
@@ -127,23 +136,33 @@ class S3MultipartSink(Sink):
         number = len(self._parts) + len(self._pending) + 1
         if number > MAX_PARTS:
             raise OSError(f"object too large for one S3 multipart upload: {self.path}")
-        # Bounded pipelining: at most IN_FLIGHT parts uploading while the
-        # caller encrypts the next one.
+        # Bounded concurrency: at most IN_FLIGHT parts uploading while the
+        # caller encrypts the next one; a failed part stops the writer at
+        # once (the caller's error path then aborts the upload).
+        self._reap()
         while len(self._pending) >= IN_FLIGHT:
-            self._collect_oldest()
+            concurrent.futures.wait(self._pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            self._reap()
         fut = self._submit("upload_part", Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
                            PartNumber=number, Body=body)
         fut.part_number = number  # type: ignore[attr-defined]
         self._pending.append(fut)
 
-    def _collect_oldest(self) -> None:
-        fut = self._pending.pop(0)
-        resp = fut.result()
-        self._parts.append({"PartNumber": fut.part_number, "ETag": resp["ETag"]})  # type: ignore[attr-defined]
+    def _reap(self) -> None:
+        """Record the parts that finished (in any order); raise the first failure."""
+        still: list[concurrent.futures.Future[Any]] = []
+        for fut in self._pending:
+            if not fut.done():
+                still.append(fut)
+                continue
+            resp = fut.result()  # raises a failed part's error
+            self._parts.append({"PartNumber": fut.part_number, "ETag": resp["ETag"]})  # type: ignore[attr-defined]
+        self._pending = still
 
     def _drain(self) -> None:
         while self._pending:
-            self._collect_oldest()
+            concurrent.futures.wait(self._pending, return_when=concurrent.futures.FIRST_EXCEPTION)
+            self._reap()
 
     # -- server-side copy (re-bind) ----------------------------------------------------
     def copy_from(self, src: str, start: int, end: int) -> None:

@@ -1,0 +1,157 @@
+"""Reads that overlap the network (encfs/readahead.py): sequential reads
+keep several ranged requests in flight, bounded; a large random read is
+split; a small random read stays one request; every byte still comes from
+an authenticated segment.  Over memory read as an async target
+(conftest's ``prefetching``) and over S3 (moto, s3fs)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+import encfs.file
+from encfs import EncryptedFileSystem
+from encfs.errors import IntegrityError
+from encfs.format import HEADER_REGION, TAG_BYTES
+from encfs.readahead import READ_AHEAD_REQUESTS
+
+SEG = 1024
+STRIDE = SEG + TAG_BYTES
+
+
+class Watch:
+    """Wraps a TargetIO's submit: counts requests and the most in flight."""
+
+    def __init__(self, io) -> None:
+        self.io, self.submitted, self.in_flight, self.max_in_flight = io, [], 0, 0
+        self.lock = threading.Lock()
+        real = io.submit
+
+        def submit(path, start, end):
+            with self.lock:
+                self.submitted.append((start, end))
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            fut = real(path, start, end)
+            fut.add_done_callback(self._done)
+            return fut
+
+        io.submit = submit
+
+    def _done(self, _fut) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+def efs(memfs, encfs_home, prefetching, monkeypatch):
+    monkeypatch.setenv("ENCFS_AUDIT_LOG", "off")
+    return prefetching(EncryptedFileSystem(fs=memfs, keystore=str(encfs_home), segment_size=SEG,
+                                           skip_instance_cache=True))
+
+
+def test_sequential_reads_keep_requests_in_flight_bounded(efs):
+    data = os.urandom(60 * SEG + 77)
+    efs.pipe_file("/s.bin", data)
+    with efs.open("/s.bin", "rb") as f:
+        watch = Watch(efs.io)
+        out = b"".join(iter(lambda: f.read(700), b""))
+    assert out == data
+    assert watch.submitted, "sequential reads never used the readahead"
+    assert 1 < watch.max_in_flight <= READ_AHEAD_REQUESTS
+    # chunks of one read block (2 segments here), contiguous, in order, no byte fetched twice
+    spans = sorted(watch.submitted)
+    assert all(b - a <= 2 * STRIDE for a, b in spans)
+    assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+
+
+def test_large_random_read_is_split_small_one_is_one_request(efs, memfs):
+    data = os.urandom(40 * SEG)
+    efs.pipe_file("/r.bin", data)
+    reader = efs.reader("/r.bin")
+    watch = Watch(efs.io)
+    assert reader.read(3 * SEG + 5, 3 * SEG + 50) == data[3 * SEG + 5 : 3 * SEG + 50]
+    assert watch.submitted == []  # a small random read: one plain ranged request, no readahead
+    assert reader.read(10 * SEG, 30 * SEG) == data[10 * SEG : 30 * SEG]
+    # split into requests of at most one read block, exactly the covering segments
+    spans = sorted(watch.submitted)
+    assert len(spans) > 1 and all(b - a <= 2 * STRIDE for a, b in spans)
+    assert spans[0][0] == HEADER_REGION + 10 * STRIDE and spans[-1][1] == HEADER_REGION + 30 * STRIDE
+    assert all(spans[i][1] == spans[i + 1][0] for i in range(len(spans) - 1))
+    assert watch.max_in_flight <= READ_AHEAD_REQUESTS
+
+
+def test_damaged_segment_in_a_prefetched_chunk(efs, memfs):
+    data = os.urandom(30 * SEG)
+    efs.pipe_file("/d.bin", data)
+    raw = bytearray(memfs.cat_file("/d.bin"))
+    raw[HEADER_REGION + 12 * STRIDE + 9] ^= 0x40
+    memfs.pipe_file("/d.bin", bytes(raw))
+    with efs.open("/d.bin", "rb") as f:
+        got = b""
+        with pytest.raises(IntegrityError):
+            while chunk := f.read(500):
+                got += chunk
+        # everything released before the failure is exact and stops before segment 12
+        assert got == data[: len(got)] and len(got) <= 12 * SEG
+
+
+def test_closing_a_reader_cancels_prefetch(efs):
+    efs.pipe_file("/c.bin", os.urandom(50 * SEG))
+    f = efs.open("/c.bin", "rb")
+    f.read(SEG)
+    f.read(SEG)  # sequential: the readahead has requests queued
+    stream = f.reader._stream
+    assert stream is not None and stream._queue
+    f.close()
+    assert not stream._queue
+
+
+def test_one_reader_shared_by_threads(efs):
+    data = os.urandom(80 * SEG + 3)
+    efs.pipe_file("/t.bin", data)
+    reader = efs.reader("/t.bin")
+    errors: list[str] = []
+
+    def run(k: int) -> None:
+        pos = (k * 7 * SEG) % len(data)
+        while pos < len(data):
+            n = 900 + k
+            if reader.read(pos, pos + n) != data[pos : pos + n]:
+                errors.append(f"thread {k} at {pos}")
+            pos += n
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_s3_sequential_read_overlaps_ranged_gets(moto_server, s3, encfs_home):
+    """The real path: ranged GETs as coroutines on s3fs's loop, several in flight."""
+    MiB = 1024 * 1024
+    efs = EncryptedFileSystem(fs=s3, keystore=str(encfs_home), read_block_size=MiB, skip_instance_cache=True)
+    data = os.urandom(6 * MiB + 123)
+    path = f"{s3.test_bucket}/seq.bin"
+    efs.pipe_file(path, data)
+    moto_server.clear_log()
+    with efs.open(path, "rb") as f:
+        assert len([r for r in moto_server.requests("s3")]) == 1  # open: the probe only
+        watch = Watch(efs.io)
+        out = b"".join(iter(lambda: f.read(512 * 1024), b""))
+    assert out == data
+    assert 1 < watch.max_in_flight <= READ_AHEAD_REQUESTS
+    gets = [r for r in moto_server.requests("s3", "GET")]
+    assert all(r.range for r in gets)
+    # bytes fetched: each ciphertext byte once (the probe's first bytes at most twice)
+    assert sum(r.bytes_out for r in gets) <= len(data) + 200 * TAG_BYTES + 2 * encfs.file.PROBE_BYTES
+    # and a random 100-byte read after open is one ranged GET
+    with efs.open(path, "rb") as f:
+        moto_server.clear_log()
+        f.seek(3 * MiB + 17)
+        assert f.read(100) == data[3 * MiB + 17 : 3 * MiB + 117]
+        assert len(moto_server.requests("s3")) == 1
