@@ -121,6 +121,7 @@ def test_failed_concurrent_part_aborts_the_upload(moto_server, s3, efs, monkeypa
     """A part that fails while others are in flight: the write fails, the
     multipart upload is aborted after the other parts settle, no object."""
     import asyncio
+    import threading
 
     from encfs.targets.s3 import S3MultipartSink
 
@@ -128,13 +129,20 @@ def test_failed_concurrent_part_aborts_the_upload(moto_server, s3, efs, monkeypa
     client = moto_server.boto3("s3")
     real_submit = S3MultipartSink._submit
     seen: list[int] = []
+    later = threading.Event()
 
     def submit(self, method, **kwargs):
         if method == "upload_part":
             seen.append(kwargs["PartNumber"])
+            if kwargs["PartNumber"] > 3:
+                later.set()
             if kwargs["PartNumber"] == 3:
                 async def fail():
-                    await asyncio.sleep(0.05)
+                    # fail only once a later part is on its way: parts in flight concurrently
+                    for _ in range(1000):
+                        if later.is_set():
+                            break
+                        await asyncio.sleep(0.01)
                     raise OSError("injected part failure")
                 return asyncio.run_coroutine_threadsafe(fail(), self.fs.loop)
         return real_submit(self, method, **kwargs)
