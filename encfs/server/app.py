@@ -357,6 +357,8 @@ def run(cfg: ServerConfig, *, on_ready: Callable[[str], None] | None = None) -> 
     if cfg.workers <= 1:
         _run_loop(serve(cfg, on_ready=on_ready))
         return 0
+    if not hasattr(os, "fork"):
+        raise ConfigurationError("server: workers > 1 needs os.fork (POSIX); use workers = 1 here")
     return _supervise(cfg, on_ready)
 
 
@@ -450,7 +452,10 @@ async def serve(cfg: ServerConfig, *, on_ready: Callable[[str], None] | None = N
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # Windows' event loops: a plain handler hands over to the loop
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
     try:
         if on_ready is not None:
             on_ready(server.endpoint)
