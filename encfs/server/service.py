@@ -190,7 +190,6 @@ class Service:
         }
         if key.deletion_date is not None:
             meta["DeletionDate"] = key.deletion_date
-            meta["PendingDeletionWindowInDays"] = max(1, round((key.deletion_date - key.created) / DAY))
         return meta
 
     def _context(self, call: Call, name: str = "EncryptionContext") -> dict[str, str]:
