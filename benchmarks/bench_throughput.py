@@ -13,7 +13,7 @@ One run measures, on the same random payload (256 MiB by default):
 Writes go through ``fs.open(path, "wb")`` in 1 MiB ``write`` calls and reads
 through ``fs.open(path, "rb")`` in 1 MiB ``read`` calls, as a user's copy loop
 would.  Targets (issue 2 item 10, issue 4): encrypted memory write >= 0.6x
-plain memory write; encrypted memory read >= 0.5x raw AES-GCM decryption.
+plain memory write; encrypted memory read >= 0.7x raw AES-GCM decryption (issue 11 item 7).
 
 A segment-size sweep (``--sweep``, on by default) measures, per segment
 size, encrypted write/read throughput, the ciphertext overhead, and the
@@ -198,7 +198,7 @@ def main_comparison(size: int, rounds: int, keystore: str, workdir: str, report:
     report.targets.append(Target("enc::memory:// write / plain memory:// write (CPU time)",
                                  wc["plain memory://"] / wc["enc::memory://"], ">=", 0.6))
     report.targets.append(Target("enc::memory:// read / raw AES-GCM decrypt (CPU time)",
-                                 rc["raw AES-GCM decrypt"] / rc["enc::memory://"], ">=", 0.5))
+                                 rc["raw AES-GCM decrypt"] / rc["enc::memory://"], ">=", 0.7))
     report.notes.append(f"wall-time ratios: write {base_w / wt['enc::memory://']:.2f}x, "
                         f"read {base_r / rt['enc::memory://']:.2f}x")
     report.params["enc_file_write_vs_plain_file_fsync"] = wt["plain file:// + fsync"] / wt["enc::file://"]

@@ -60,6 +60,9 @@ SMALL_OBJECT = 1024 * 1024
 #: Opening without a known size first asks for this many bytes (the header
 #: and one default-size segment): a shorter answer is the whole object.
 PROBE_BYTES = 4096 + 64 * 1024 + 16
+#: Largest read (plaintext bytes) decrypted in place through the reader's
+#: scratch buffer on local and memory targets; larger reads are joined.
+SCRATCH_MAX = 8 * 1024 * 1024
 #: Plaintext bytes decrypted at a time for line reading (readline, iteration).
 LINE_WINDOW = 256 * 1024
 #: Decrypted segments an open reader keeps (the final one is always kept).
@@ -134,6 +137,8 @@ class ObjectReader:
         self._cipher = SegmentCipher(keys.body_key)
         del _dek, keys
         self._final_ok = False
+        self._scratch = bytearray()
+        self._scratch_lock = threading.Lock()
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         # Guards the cache's bookkeeping only (fetching and decrypting stay
         # concurrent): eviction from several threads at once broke the dict.
@@ -197,6 +202,54 @@ class ObjectReader:
         if final:
             self._final_ok = True
         return plain
+
+    def _read_into(self, start: int, end: int, segs: range) -> bytes:
+        """:meth:`read` of several segments from a local or in-memory target,
+        decrypting in place into the reader's scratch buffer (one buffer,
+        reused, so it stays in the CPU caches) and copying the range out
+        once.  The scratch buffer is private: a segment that fails leaves
+        its unauthenticated bytes there and nothing is returned."""
+        seg, stride, first, last = self.segment_size, self._stride, segs[0], segs[-1]
+        need = len(segs) * seg
+        if len(self._scratch) < need:
+            self._scratch = bytearray(need)
+        view = memoryview(self._scratch)
+        cached = self._cached(segs)
+        i = first
+        while i <= last:
+            plain = cached.get(i)
+            if plain is not None:
+                at = (i - first) * seg
+                view[at : at + len(plain)] = plain
+                i += 1
+                continue
+            j = i  # a run of missing segments: one request
+            while j < last and j + 1 not in cached:
+                j += 1
+            lo, hi = self._span(i, j + 1)
+            blob = self._fetch(lo, hi)
+            if len(blob) != hi - lo:
+                raise IntegrityError(self.path)  # object changed size under us
+            sealed = memoryview(blob)
+            for k in range(i, j + 1):
+                part = sealed[(k - i) * stride : (k - i + 1) * stride]
+                at = (k - first) * seg
+                try:
+                    self._cipher.open_into(k, part, k == self.nseg - 1, view[at : at + len(part) - TAG_BYTES])
+                except SegmentAuthError:
+                    raise IntegrityError(self.path) from None
+                if k == self.nseg - 1:
+                    self._final_ok = True
+            del sealed, blob
+            i = j + 1
+        base = first * seg
+        if end % seg and last not in cached:
+            # The next sequential read starts inside the last segment: keep it.
+            at = (last - first) * seg
+            plain_last = bytes(view[at : at + min(seg, self.size - last * seg)])
+            with self._cache_lock:
+                self._remember(last, plain_last)
+        return bytes(view[start - base : end - base])
 
     def _cached(self, segs: range) -> dict[int, bytes]:
         # .get, not "in" then [], so a concurrent eviction cannot KeyError.
@@ -314,6 +367,14 @@ class ObjectReader:
         stream = self._stream
         if stream is not None and (sequential or end - start > SPLIT_MIN):
             parts = self._stream_load(segs, sequential)
+        elif (not self.io.remote and len(segs) > 1 and len(segs) * self.segment_size <= SCRATCH_MAX
+              and self._cipher.can_open_into and self._scratch_lock.acquire(blocking=False)):
+            # Local and memory targets: decrypt in place (another thread
+            # using the scratch buffer meanwhile takes the path below).
+            try:
+                return self._read_into(start, end, segs)
+            finally:
+                self._scratch_lock.release()
         else:
             self._ahead = min(self._max_ahead, max(1, 2 * self._ahead)) if sequential else 0
             parts = self._load(segs, self._ahead if end < self.size else 0)

@@ -55,3 +55,19 @@ class SegmentCipher:
             return self._aead.decrypt(self.nonce(index, final), ciphertext, None)
         except InvalidTag:
             raise SegmentAuthError() from None
+
+    #: Whether :meth:`open_into` decrypts in place (cryptography >= 45);
+    #: without it callers use :meth:`open`.
+    can_open_into = hasattr(AESGCM, "decrypt_into")
+
+    def open_into(self, index: int, ciphertext: bytes | memoryview, final: bool, out: memoryview) -> None:
+        """:meth:`open` into ``out`` (exactly ``len(ciphertext) - 16`` bytes).
+
+        On failure ``out`` may hold unauthenticated bytes: it must be a
+        buffer of the caller's own that is never released then."""
+        if len(ciphertext) < TAG_BYTES or len(out) != len(ciphertext) - TAG_BYTES:
+            raise SegmentAuthError()
+        try:
+            self._aead.decrypt_into(self.nonce(index, final), ciphertext, None, out)
+        except InvalidTag:
+            raise SegmentAuthError() from None
