@@ -406,3 +406,70 @@ def test_a_database_dump_and_the_config_decrypt_nothing_without_the_hsm(hsm_repl
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# -- audit across replicas -----------------------------------------------------------------
+
+
+def test_every_request_on_any_replica_lands_in_one_verified_chain(tmp_path, postgres):
+    import psycopg
+
+    url = postgres.createdb("audit_" + uuid.uuid4().hex[:8])
+    r = Replicas(tmp_path, url)
+    try:
+        admin_a, admin_b = r.clients("admin")
+        key = admin_a.create_key()["KeyMetadata"]["KeyId"]
+        errors: list[BaseException] = []
+
+        def work(kms) -> None:
+            try:
+                for _ in range(10):
+                    dk = kms.generate_data_key(KeyId=key, KeySpec="AES_256")
+                    kms.decrypt(CiphertextBlob=dk["CiphertextBlob"])
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(kms,))
+                   for _ in range(4) for kms in r.clients("admin")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        with pytest.raises(ClientError):
+            client(r.b.endpoint, r.p["mallory"]).decrypt(CiphertextBlob=dk_blob(admin_b, key))
+        calls = 1 + 8 * 20 + 2  # CreateKey, the workers, GenerateDataKey + a denied Decrypt
+        committers = [r.a.server.audit, r.b.server.audit]
+        assert sum(c.records for c in committers) == calls
+        # Grouped: concurrent requests share a batch (one transaction each).
+        assert sum(c.batches for c in committers) < calls
+    finally:
+        r.stop()
+    out = subprocess.run([*ENCFS, "audit", "--log", url, "verify"], check=False, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and f"OK, {calls} records" in out.stdout, out.stdout + out.stderr
+    with psycopg.connect(url) as conn:
+        rows = [json.loads(rec) for (rec,) in conn.execute("SELECT record FROM audit_log ORDER BY seq")]
+    assert len({rec["replica"] for rec in rows}) == 2
+    assert len({rec["request_id"] for rec in rows}) == calls  # one record per request
+    assert [rec["outcome"] for rec in rows].count("denied") == 1
+    shown = subprocess.run([*ENCFS, "audit", "--log", url, "--action", "CreateKey"], check=False,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 1, shown.stderr
+
+    # Tampering: an edited record, then a removed tail.
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE audit_log SET record = replace(record, 'denied', 'success') WHERE seq = %s",
+                     (rows[-1]["seq"],))
+    out = subprocess.run([*ENCFS, "audit", "--log", url, "verify"], check=False, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1 and "modified" in out.stderr, out.stderr
+    with psycopg.connect(url) as conn:
+        conn.execute("DELETE FROM audit_log WHERE seq = %s", (rows[-1]["seq"],))
+    out = subprocess.run([*ENCFS, "audit", "--log", url, "verify"], check=False, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1 and "removed from the end" in out.stderr, out.stderr
+
+
+def dk_blob(kms, key: str) -> bytes:
+    return kms.generate_data_key(KeyId=key, KeySpec="AES_256")["CiphertextBlob"]

@@ -16,6 +16,11 @@ from .util import echo
 
 
 def _log(path: str | None, keystore: str | None) -> AuditLog:
+    if path and path.startswith(("postgresql://", "postgres://")):
+        # The key server's shared trail (encfs/server/audit_pg.py).
+        from ..server.audit_pg import DatabaseAuditLog
+
+        return DatabaseAuditLog(path)
     if path:
         return AuditLog(path)
     log = get_log(keystore)
@@ -98,7 +103,8 @@ def _is_local_key(key: str, keystore: str | None) -> bool:
 
 @cli.group("audit", invoke_without_command=True)
 @click.option("--log", "log_path", metavar="FILE", default=None,
-              help="Audit log to read (default $ENCFS_AUDIT_LOG or $ENCFS_HOME/audit.log).")
+              help="Audit log to read (default $ENCFS_AUDIT_LOG or $ENCFS_HOME/audit.log), or a key "
+                   "server's PostgreSQL URL (its shared trail).")
 @click.option("--keystore", metavar="DIR", default=None, help="Keystore directory whose audit.log to read.")
 @click.option("--key", default=None, help="Only records about this key (id, alias or URI).")
 @click.option("--action", default=None, help="Only this action (wrap, unwrap, generate, rewrap, disable-key, ...).")

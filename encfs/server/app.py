@@ -124,6 +124,16 @@ async def sync_principals(storage: Storage, master: MasterKey, cfg: ServerConfig
             await tx.put_access_key(AccessKey(p.access_key_id, p.arn, sealed, master.key_id, clock()))
 
 
+def _default_sink(cfg: ServerConfig, storage: Storage) -> AuditSink:
+    """The audit log file; with PostgreSQL, the one chain every replica shares."""
+    if cfg.storage.get("type") == "postgresql" and hasattr(storage, "connection"):
+        from .audit_pg import PostgresAuditSink
+
+        return PostgresAuditSink(storage)  # type: ignore[arg-type]
+    return FileAuditSink(cfg.audit_path or cfg.data_dir / "audit.log", sync=cfg.audit_sync,
+                         interval=cfg.audit_sync_interval)
+
+
 class KeyServer:
     """One server process: storage, master key, audit, HTTP."""
 
@@ -136,8 +146,7 @@ class KeyServer:
         self.listen_socket = listen_socket
         self.storage = storage or open_storage(cfg, shared=worker is not None)
         self._master = master
-        self.sink = sink or FileAuditSink(cfg.audit_path or cfg.data_dir / "audit.log", sync=cfg.audit_sync,
-                                          interval=cfg.audit_sync_interval)
+        self.sink = sink or _default_sink(cfg, self.storage)
         self.audit = GroupCommitter(self.sink)
         self.clock = clock
         self.verifier = Verifier(cfg.region, skew=cfg.clock_skew_seconds, clock=clock)
