@@ -32,7 +32,6 @@ from .audit import AuditSink
 from .postgres import PostgresStorage, redact_url
 from .storage import StorageUnavailable
 
-
 _servers = itertools.count(1)
 
 
