@@ -132,6 +132,10 @@ def _secret(entry: dict[str, Any], where: str) -> str:
     raise ConfigurationError(f"{where}: needs secret_access_key_env, secret_access_key_file or secret_access_key")
 
 
+def _path(base: Path, value: Any) -> str | None:
+    return None if value is None else str(base / Path(str(value)).expanduser())
+
+
 def load(path: str | os.PathLike[str]) -> ServerConfig:
     p = Path(path).expanduser()
     try:
@@ -151,11 +155,11 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
     unknown = set(srv) - known
     if unknown:
         raise ConfigurationError(f"server: unknown setting(s) {', '.join(sorted(unknown))}")
-    data_dir = (base / str(srv.get("data_dir", "."))).expanduser()
+    data_dir = base / Path(str(srv.get("data_dir", "."))).expanduser()
     cfg = ServerConfig(
         host=str(srv.get("host", "127.0.0.1")), port=int(srv.get("port", 8443)),
         region=str(srv.get("region", DEFAULT_REGION)), account=str(srv.get("account", DEFAULT_ACCOUNT)),
-        data_dir=data_dir, tls_cert=srv.get("tls_cert"), tls_key=srv.get("tls_key"),
+        data_dir=data_dir, tls_cert=_path(base, srv.get("tls_cert")), tls_key=_path(base, srv.get("tls_key")),
         max_body_bytes=int(srv.get("max_body_bytes", 65536)), max_inflight=int(srv.get("max_inflight", 1024)),
         clock_skew_seconds=int(srv.get("clock_skew_seconds", 300)),
         min_deletion_days=int(srv.get("min_deletion_days", 7)), sweep_seconds=float(srv.get("sweep_seconds", 60)),
@@ -174,6 +178,8 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
     if cfg.storage["type"] == "sqlite":
         cfg.storage["path"] = str(base / str(cfg.storage.get("path", data_dir / "kms.db")))
     cfg.master_key = dict(doc.get("master_key") or {"type": "local"})
+    if cfg.master_key.get("keystore"):  # like every path here: relative to the config file
+        cfg.master_key["keystore"] = _path(base, cfg.master_key["keystore"])
     audit = dict(doc.get("audit") or {})
     cfg.audit_path = base / str(audit.get("path", data_dir / "audit.log"))
     cfg.audit_sync = str(audit.get("sync", "interval"))
