@@ -176,12 +176,12 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
     if cfg.storage["type"] == "postgresql" and not cfg.storage.get("url"):
         raise ConfigurationError("storage: type postgresql needs url = \"postgresql://user@host:port/dbname\"")
     if cfg.storage["type"] == "sqlite":
-        cfg.storage["path"] = str(base / str(cfg.storage.get("path", data_dir / "kms.db")))
+        cfg.storage["path"] = _path(base, cfg.storage.get("path", data_dir / "kms.db"))
     cfg.master_key = dict(doc.get("master_key") or {"type": "local"})
     if cfg.master_key.get("keystore"):  # like every path here: relative to the config file
         cfg.master_key["keystore"] = _path(base, cfg.master_key["keystore"])
     audit = dict(doc.get("audit") or {})
-    cfg.audit_path = base / str(audit.get("path", data_dir / "audit.log"))
+    cfg.audit_path = Path(_path(base, audit.get("path", data_dir / "audit.log")) or "")
     cfg.audit_sync = str(audit.get("sync", "interval"))
     cfg.audit_sync_interval = float(audit.get("sync_interval", 0.05))
     if cfg.audit_sync not in ("request", "interval"):
