@@ -32,18 +32,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from fsspec.spec import AbstractBufferedFile
 
 from .errors import FormatError, IntegrityError
+from .format.header import FIXED_BYTES, MAGIC
 from .format import (
+    COMPACT_MAX_BODY,
     HEADER_REGION,
-    MAGIC,
     OBJECT_ID_BYTES,
     PATH_KEY,
     TAG_BYTES,
     Header,
+    HeaderPlan,
     SegmentAuthError,
     SegmentCipher,
     covering_segments,
     derive_object_keys,
-    encode_header,
     parse_header,
     plaintext_size,
     segment_count,
@@ -73,12 +74,12 @@ _EXIT_SEARCH_DEPTH = 8
 
 
 def read_header(efs: EncryptedFileSystem, path: str, prefix: bytes) -> Header:
-    """Parse the header region ``prefix`` read from ``path``."""
-    if len(prefix) < HEADER_REGION:
-        if prefix[:4] == MAGIC or (len(prefix) < 4 and MAGIC.startswith(prefix) and prefix):
-            raise IntegrityError(path)
+    """Parse the header at the start of ``prefix`` (the first ``HEADER_REGION``
+    bytes read from ``path``, or all of a shorter object: a compact v1.1
+    header records its own region size, FORMAT.md section 3.1)."""
+    if len(prefix) < FIXED_BYTES and not (prefix and MAGIC.startswith(bytes(prefix[:4]))):
         raise FormatError(f"not an encfs object (too short to hold a header) at {path}")
-    return parse_header(prefix[:HEADER_REGION], path)
+    return parse_header(prefix, path)
 
 
 #: The opcode that calls a context manager's ``__exit__`` for an exception.
@@ -583,19 +584,21 @@ class EncryptedWriteFile(io.IOBase):
         _dek, wrapped = efs.keyring.new_data_key(context)
         object_id = os.urandom(OBJECT_ID_BYTES)
         keys = derive_object_keys(_dek, object_id, 1)
-        header = encode_header(segment_size=self.segment_size, object_id=object_id, context=context,
-                               keys=keys, wrapped_keys=wrapped)
+        # The header's region size depends on the body size (a compact v1.1
+        # region for small objects, FORMAT.md section 3.1), so it is written
+        # with the first segments once they prove the object too large for
+        # one, or at close; until then at most COMPACT_MAX_BODY bytes of
+        # sealed segments wait in ``_held``.
+        self._plan: HeaderPlan | None = HeaderPlan(segment_size=self.segment_size, object_id=object_id,
+                                                   context=context, keys=keys, wrapped_keys=wrapped)
+        self._held: list[bytes] = []
+        self._held_bytes = 0
         self._cipher = SegmentCipher(keys.body_key)
         del _dek, keys
         # Public wrapped entries name the data key when the size is reported
         # at close (the cache's max-bytes-per-data-key limit, docs/CACHE.md).
         self._wrapped = wrapped
         self._sink = sink or efs.io.open_sink(path, exclusive)
-        try:
-            self._sink.write(header)
-        except BaseException:
-            self._sink.discard()  # no temp file left behind by a failed open
-            raise
         self._buf = bytearray()
         self._index = 0
         self._written = 0
@@ -648,14 +651,28 @@ class EncryptedWriteFile(io.IOBase):
         _refuse(self, "not seekable")
 
     def _seal(self, data: bytes | memoryview, final: bool) -> None:
+        sealed = self._cipher.seal(self._index, data, final)
+        self._index += 1
+        plan = self._plan
+        if plan is not None:
+            self._held.append(sealed)
+            self._held_bytes += len(sealed)
+            if not final and self._held_bytes <= COMPACT_MAX_BODY:
+                return  # may still fit a compact region
+            # The body size is known at the final segment; before it, the
+            # body is already too large for any compact region.
+            out = [plan.region(self._held_bytes if final else None), *self._held]
+            self._plan, self._held = None, []
+        else:
+            out = [sealed]
         try:
-            self._sink.write(self._cipher.seal(self._index, data, final))
+            for chunk in out:
+                self._sink.write(chunk)
         except BaseException:
             # The target may hold part of this segment: the object can never
             # be completed, whatever the caller does with the error.
             self._failed = True
             raise
-        self._index += 1
 
     def write(self, data: Any) -> int:
         if self.closed or self._finished:
@@ -763,6 +780,7 @@ class EncryptedWriteFile(io.IOBase):
             self._sink.discard()
         self._discarded = not self._committed
         self._buf.clear()
+        self._plan, self._held = None, []
         self._finished = True
         if not self.closed:
             super().close()

@@ -326,7 +326,8 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
         if info.get("type") != "file" or "size" not in info or info["size"] is None:
             return info
         out = dict(info)
-        size = plaintext_size(int(info["size"]), self.segment_size, HEADER_REGION)
+        # The region (4096 or compact) follows from the size (FORMAT.md 3.1).
+        size = plaintext_size(int(info["size"]), self.segment_size)
         out["encrypted_size"] = info["size"]
         out["size"] = size if size is not None else 0
         if size is None:
@@ -470,7 +471,7 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
         new_context = {**header.context, PATH_KEY: self._bound_path(dst)}
         new_header = encode_header(segment_size=header.segment_size, object_id=header.object_id,
                                    context=new_context, keys=keys, wrapped_keys=header.wrapped_keys,
-                                   suite=header.suite)
+                                   suite=header.suite, body=ct_size - header.header_region)
         del keys
         sink = self.io.open_sink(dst, exclusive=kwargs.get("mode") == "create")
         try:

@@ -5,6 +5,8 @@ ENCF v1 keeps the wrapped data keys after the header MAC (docs/FORMAT.md),
 so a rewrap unwraps the data key once, wraps it under the target keys and
 replaces only the wrapped-key section (:func:`encfs.format.replace_wrapped_keys`);
 the authenticated header part, the MAC and every body byte stay as they are.
+A compact (v1.1) object whose new wrapped keys do not fit its region is
+rewritten whole instead, authenticated first (FORMAT.md section 4.2).
 
 Safety (docs/KEYS.md):
 
@@ -30,8 +32,18 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import constant_time
 
-from .errors import EncfsError, FormatError, IntegrityError, NoUsableKeyError
-from .format import HEADER_REGION, PATH_KEY, Header, ObjectKeys, WrappedKey, parse_header, replace_wrapped_keys
+from .errors import EncfsError, FormatError, HeaderTooLargeError, IntegrityError, NoUsableKeyError
+from .format import (
+    HEADER_REGION,
+    PATH_KEY,
+    Header,
+    ObjectKeys,
+    WrappedKey,
+    parse_header,
+    reframe_object,
+    replace_wrapped_keys,
+)
+from .format.header import FIXED_BYTES, MAGIC
 from .keyring import service_context
 from .providers import KeyRef
 from .sinks import TEMP_MARK, open_sink
@@ -152,8 +164,9 @@ class Rewrapper:
         """Rewrap one object given by its target path."""
         target = self.efs.fs
         try:
+            # All of a compact (v1.1) object, or the 4096-byte v1.0 region.
             region = target.cat_file(tpath, start=0, end=HEADER_REGION)
-            if len(region) < HEADER_REGION:
+            if len(region) < FIXED_BYTES and not MAGIC.startswith(region[:4] or b"-"):
                 raise FormatError(f"not an encfs object (too short to hold a header) at {tpath}")
             header = parse_header(region, tpath)
         except FormatError as exc:
@@ -218,17 +231,30 @@ class Rewrapper:
             if self.to_refs is None:
                 self._check_entries(usable, header, dek, tpath)
             new = self.efs.keyring.rewrap(dek, header.context, refs) + kept
+            after = [_entry_name(w) for w in new]
+            if [(w.provider, w.key_id, w.version) for w in new] == [(w.provider, w.key_id, w.version)
+                                                                    for w in header.wrapped_keys]:
+                return RewrapResult(tpath, UP_TO_DATE, before, after)
+            try:
+                new_region = replace_wrapped_keys(region, header, new)
+                pos = header.header_region
+            except HeaderTooLargeError:
+                if header.header_region == HEADER_REGION:
+                    raise
+                # A compact object whose new entries outgrow its region
+                # (FORMAT.md section 4.2): rewritten whole, authenticated
+                # first, in the region its new header needs.  It is small
+                # (under 4112 bytes), so one read holds all of it.
+                whole = target.cat_file(tpath)
+                if len(whole) != size:
+                    raise EncfsError(f"{tpath} changed during rewrap (size); run rewrap again") from None
+                new_region = reframe_object(whole, header, keys, new, tpath)
+                pos = size
         finally:
             del dek, keys
-        after = [_entry_name(w) for w in new]
-        if [(w.provider, w.key_id, w.version) for w in new] == [(w.provider, w.key_id, w.version)
-                                                                for w in header.wrapped_keys]:
-            return RewrapResult(tpath, UP_TO_DATE, before, after)
-        new_region = replace_wrapped_keys(region, header, new)
         sink = open_sink(target, tpath)
         try:
             sink.write(new_region)
-            pos = HEADER_REGION
             while pos < size:
                 end = min(pos + COPY_CHUNK, size)
                 chunk = target.cat_file(tpath, start=pos, end=end)

@@ -16,11 +16,17 @@ from hypothesis import strategies as st
 
 from encfs.errors import FormatError, IntegrityError, UnsupportedVersionError
 from encfs.format import (
+    COMPACT_END,
+    COMPACT_LANES,
+    COMPACT_MAX_BODY,
+    COMPACT_REGIONS,
     HEADER_REGION,
     MAGIC,
     SUITE_AES256GCM_HKDF_SHA256_COMMIT,
     TAG_BYTES,
     WrappedKey,
+    body_size,
+    choose_region,
     ciphertext_size,
     covering_segments,
     decode_context,
@@ -31,6 +37,7 @@ from encfs.format import (
     encrypt_object,
     parse_header,
     plaintext_size,
+    region_for_size,
     replace_wrapped_keys,
     segment_count,
     segment_offset,
@@ -171,17 +178,85 @@ def test_layout_segment_counts() -> None:
     assert ciphertext_size(s + 1, s) == HEADER_REGION + s + 1 + 2 * TAG_BYTES
 
 
+def _producible(seg: int, max_plain: int) -> dict[int, tuple[int, int]]:
+    """Every ciphertext size a writer can produce for plaintexts up to
+    ``max_plain``, with its (plaintext size, region): v1.0 for any size, and
+    each compact region where its own lane admits the body (section 3.1)."""
+    out: dict[int, tuple[int, int]] = {}
+    for p in range(max_plain + 1):
+        body = body_size(p, seg)
+        for region in (HEADER_REGION, *COMPACT_REGIONS):
+            if region == HEADER_REGION or region_for_size(region + body) == region:
+                c = region + body
+                assert out.setdefault(c, (p, region)) == (p, region), f"two objects of size {c}"
+    return out
+
+
 @pytest.mark.parametrize("seg", [MIN_SEGMENT, 1500, 4096])
 def test_layout_every_ciphertext_size_is_inverse_or_none(seg: int) -> None:
     """Exhaustive over ~5 segments: plaintext_size is a partial inverse, and
-    exactly the sizes a writer can produce map to a plaintext size."""
-    producible = {ciphertext_size(p, seg) for p in range(5 * seg + 1)}
+    exactly the sizes a writer can produce (either layout) map to a size."""
+    producible = _producible(seg, 5 * seg)
     for c in range(HEADER_REGION + 5 * (seg + TAG_BYTES) + 1):
         p = plaintext_size(c, seg)
         if c in producible:
-            assert p is not None and ciphertext_size(p, seg) == c, c
+            assert (p, region_for_size(c)) == producible[c], c
+            assert ciphertext_size(p, seg, region_for_size(c)) == c
         else:
             assert p is None, (c, p)
+
+
+#: Header sizes at every boundary that matters (the smallest real header,
+#: each compact region and one byte either side, the v1.0 maximum).
+NEEDS = [130, 300, COMPACT_LANES[0][1] - 1, COMPACT_LANES[0][1], COMPACT_LANES[0][1] + 1, 1000,
+         COMPACT_LANES[1][1] - 1, COMPACT_LANES[1][1], COMPACT_LANES[1][1] + 1, 3000, HEADER_REGION]
+
+
+@pytest.mark.parametrize("seg", [MIN_SEGMENT, 1500, 2048, 65536])
+def test_layout_variable_region_keeps_size_from_ciphertext_size(seg: int) -> None:
+    """FORMAT.md section 3.1, exhaustively: for every plaintext size up to
+    past the compact range and every header size class, the region a writer
+    picks holds the header, is the one the ciphertext size names, and the
+    plaintext size comes back from the ciphertext size alone."""
+    for need in NEEDS:
+        for p in range(COMPACT_END + 2 * seg):
+            body = body_size(p, seg)
+            region = choose_region(need, body)
+            assert region >= need
+            c = region + body
+            assert region_for_size(c) == region, (need, p)
+            assert plaintext_size(c, seg) == p and plaintext_size(c, seg, region) == p, (need, p)
+            if region != HEADER_REGION:
+                assert c < COMPACT_END and p <= COMPACT_MAX_BODY
+            # The smallest region that can hold it is chosen.
+            smaller = [r for r in COMPACT_REGIONS if need <= r < region and region_for_size(r + body) == r]
+            assert not smaller, (need, p, region, smaller)
+            # Streaming writers that do not know the body yet write v1.0.
+            assert choose_region(need, None) == HEADER_REGION
+
+
+def test_layout_every_header_size_for_small_bodies() -> None:
+    """Every header size 48..4096 against a spread of small bodies."""
+    seg = 1024
+    for need in range(48, HEADER_REGION + 1):
+        for p in (0, 1, 100, 500, 1023, 1024, 1025, 1800, 2400, 2600, 3000):
+            body = body_size(p, seg)
+            region = choose_region(need, body)
+            assert region >= need and plaintext_size(region + body, seg, region) == p
+
+
+def test_layout_compact_lanes() -> None:
+    """The lane table of FORMAT.md section 3.1, literally."""
+    assert COMPACT_LANES == ((512, 496), (1552, 1536)) and COMPACT_END == 4112
+    assert [region_for_size(c) for c in (0, 511, 512, 1551, 1552, 4111, 4112, 10**9)] == \
+        [None, None, 496, 496, 1536, 1536, HEADER_REGION, HEADER_REGION]
+    assert COMPACT_MAX_BODY == 2575
+    # A 1 KiB object with a local-key header: 496 + 1024 + 16 bytes.
+    assert choose_region(300, body_size(1024, 65536)) + body_size(1024, 65536) == 1536
+    # The header given with the size must be the one the size names.
+    assert plaintext_size(1536, 65536, 496) == 1024
+    assert plaintext_size(1536, 65536, 1536) is None and plaintext_size(1536, 65536, HEADER_REGION) is None
+    assert plaintext_size(5136, 65536, 496) is None and plaintext_size(5136, 65536, HEADER_REGION) == 1024
 
 
 @FAST
@@ -195,19 +270,22 @@ def test_layout_inverse_random(p: int, seg: int) -> None:
 def test_layout_plaintext_size_partial_inverse_random(c: int, seg: int) -> None:
     p = plaintext_size(c, seg)
     if p is not None:
-        assert ciphertext_size(p, seg) == c
+        assert ciphertext_size(p, seg, region_for_size(c)) == c
 
 
 def test_layout_impossible_sizes() -> None:
     s = 1024
     stride = s + TAG_BYTES
-    for c in [0, 1, HEADER_REGION - 1, HEADER_REGION, HEADER_REGION + TAG_BYTES - 1]:
+    for c in [0, 1, 100, 511]:  # smaller than the smallest object (the empty one, 512 bytes)
         assert plaintext_size(c, s) is None, c
     # A full segment followed by an empty (tag-only) final segment is never written.
     assert plaintext_size(HEADER_REGION + stride + TAG_BYTES, s) is None
+    assert plaintext_size(1536 + stride + TAG_BYTES, s) is None
+    assert plaintext_size(496 + stride + TAG_BYTES, s) == 0  # 1552 opens lane 2: the empty object there
     # A partial final segment shorter than a tag cannot exist.
     assert plaintext_size(HEADER_REGION + stride + TAG_BYTES - 1, s) is None
     assert plaintext_size(HEADER_REGION + stride + 1, s) is None
+    assert plaintext_size(1536 + stride + 1, s) is None
 
 
 def test_layout_offsets_and_covering() -> None:
@@ -408,7 +486,10 @@ def test_encrypt_decrypt_object_sizes(size: int) -> None:
     dek, oid, data = os.urandom(32), os.urandom(32), os.urandom(size)
     blob = encrypt_object(dek=dek, object_id=oid, context={"encfs:path": "x"}, wrapped_keys=[_wk()],
                           plaintext=data, segment_size=1024)
-    assert len(blob) == ciphertext_size(size, 1024)
+    header = parse_header(blob)
+    assert len(blob) == ciphertext_size(size, 1024, header.header_region)
+    assert header.header_region == region_for_size(len(blob))
+    assert header.header_region == {0: 496, 1: 496, 1023: 496, 1024: 496, 1025: 1536}.get(size, HEADER_REGION)
     assert plaintext_size(len(blob), 1024) == size
     header, out = decrypt_object(blob, dek, "x")
     assert out == data and header.object_id == oid

@@ -76,7 +76,10 @@ def test_commit_after_a_failed_segment_write_stores_nothing(memfs, encfs_home):
     f = EncryptedWriteFile(fs, tpath, "wb", autocommit=False, sink=sink)
     f.write(b"a" * 1024)
     with pytest.raises(OSError):
-        f.write(b"b" * 2048)  # seals segment 0, then segment 1 fails
+        # Seals segments 0-2; the third proves the object too large for a
+        # compact header (FORMAT.md 3.1), so the header and the held
+        # segments go out: header, segment 0, then segment 1 fails.
+        f.write(b"b" * 4096)
     with pytest.raises(OSError):
         f.commit()
     assert not memfs.exists(tpath)

@@ -13,7 +13,7 @@ import pytest
 
 from encfs import EncryptedFileSystem
 from encfs.errors import KeyStateError
-from encfs.format import HEADER_REGION
+from encfs.format import HEADER_REGION, parse_header
 from encfs.keystore.store import LocalKeystore
 from encfs.rewrap import FAILED, REWRAPPED, SKIPPED, UP_TO_DATE, WOULD_REWRAP, Rewrapper, rewrap
 from encfs.sinks import BufferSink
@@ -25,6 +25,11 @@ def _efs(target, home, key="local://default", **kw):
 
 def _versions(fs, path):
     return [(w.key_id, w.version) for w in fs.header(path).wrapped_keys]
+
+
+def _body(tfs, path):
+    raw = tfs.cat_file(path)
+    return raw[parse_header(raw).header_region :]
 
 
 @pytest.fixture(params=["memory", "local"])
@@ -53,7 +58,8 @@ def test_rotate_then_rewrap_to_current_version(target, encfs_home):
     data = _populate(fs, root)
     ks = LocalKeystore(encfs_home)
     kid = ks.resolve("default")
-    bodies = {p: tfs.cat_file(p)[HEADER_REGION:] for p in data}
+    bodies = {p: _body(tfs, p) for p in data}
+    assert {parse_header(tfs.cat_file(p)).header_region for p in data} == {496, HEADER_REGION}  # v1.1 and v1.0
     ks.rotate(kid)
 
     dry = rewrap(fs, root, dry_run=True)
@@ -63,7 +69,7 @@ def test_rotate_then_rewrap_to_current_version(target, encfs_home):
     assert report.count(REWRAPPED) == 5 and not report.failed
     for p, payload in data.items():
         assert _versions(fs, p) == [(kid, "2")]
-        assert tfs.cat_file(p)[HEADER_REGION:] == bodies[p]  # body bytes untouched
+        assert _body(tfs, p) == bodies[p]  # body bytes untouched
         assert fs.cat_file(p) == payload
     assert not [p for p in tfs.find(root) if ".encfs-tmp-" in p]  # no temp files left
 
@@ -154,6 +160,49 @@ def test_tampered_or_moved_objects_are_not_rewrapped(memfs, encfs_home):
     status = {r.path.rsplit("/", 1)[-1]: r.status for r in report.results}
     assert status == {"a": FAILED, "c": FAILED, "plain.txt": SKIPPED}
     assert bytes(raw) == memfs.cat_file("/t/a")
+
+
+def test_compact_object_outgrowing_its_region_is_rewritten_whole(memfs, encfs_home):
+    """FORMAT.md section 4.2: a v1.1 object whose new wrapped keys do not fit
+    its region is rewritten whole in the region they need (the next lane, or
+    v1.0), body bytes unchanged; keys that fit keep the region and size."""
+    fs = _efs(memfs, encfs_home)
+    small, mid = os.urandom(1024), os.urandom(2000)
+    fs.pipe_file("/c/small", small)
+    fs.pipe_file("/c/mid", mid)
+    assert [len(memfs.cat_file(p)) for p in ("/c/small", "/c/mid")] == [1536, 1536 + 2016]
+    bodies = {p: _body(memfs, p) for p in ("/c/small", "/c/mid")}
+    ks = LocalKeystore(encfs_home)
+    keys = [ks.create_key() for _ in range(14)]
+    steps = [("/c/small", 2, 496), ("/c/small", 4, 1536), ("/c/small", 14, HEADER_REGION), ("/c/small", 1, HEADER_REGION),
+             ("/c/mid", 4, 1536), ("/c/mid", 14, HEADER_REGION)]
+    for path, n, region in steps:
+        report = rewrap(fs, path, to=[f"local://{k}" for k in keys[:n]])
+        assert report.count(REWRAPPED) == 1, report.results
+        raw = memfs.cat_file(path)
+        header = parse_header(raw)
+        assert header.header_region == region and len(header.wrapped_keys) == n, (path, n)
+        assert len(raw) == region + len(bodies[path]) and _body(memfs, path) == bodies[path]
+        assert fs.info(path)["size"] == fs.ls("/c", detail=True)[[e["name"] for e in fs.ls("/c")].index(path)]["size"]
+        assert fs.info(path)["size"] == len(small if path == "/c/small" else mid)
+        for k in (keys[0], keys[n - 1]):  # any of the new keys reads it
+            assert _efs(memfs, encfs_home, f"local://{k}").cat_file(path) == (small if path == "/c/small" else mid)
+    assert not [p for p in memfs.find("/") if ".encfs-tmp-" in p]
+
+
+def test_whole_rewrite_refuses_a_damaged_body(memfs, encfs_home):
+    """The whole-object rewrite authenticates every segment first: damage in
+    the body is never re-published under a fresh header MAC."""
+    fs = _efs(memfs, encfs_home, segment_size=1024)
+    fs.pipe_file("/d", b"z" * 1500)  # two segments, 1536-byte region
+    raw = bytearray(memfs.cat_file("/d"))
+    raw[-5] ^= 1
+    memfs.pipe_file("/d", bytes(raw))
+    ks = LocalKeystore(encfs_home)
+    keys = [ks.create_key() for _ in range(14)]
+    report = rewrap(fs, "/d", to=[f"local://{k}" for k in keys])
+    assert report.count(FAILED) == 1 and "authentication" in report.failed[0].error
+    assert memfs.cat_file("/d") == bytes(raw)
 
 
 def test_concurrent_replacement_is_not_overwritten(memfs, encfs_home, monkeypatch):

@@ -214,7 +214,7 @@ def header_fields(raw: bytes) -> dict[str, tuple[int, int]]:
     pos += n
     n = 2 + struct.unpack_from(">H", raw, pos)[0]
     f["wrapped_blob"] = (pos, pos + n)
-    f["padding"] = (pos + n, HEADER_REGION)
+    f["padding"] = (pos + n, struct.unpack_from(">I", raw, 8)[0])  # to the region's end (v1.0 or v1.1)
     return f
 
 
@@ -227,7 +227,9 @@ KEY_NAMING = (IntegrityError, KeyServiceError)
 # and never plaintext, though NoUsableKeyError would name the object.
 EXPECTED: dict[str, tuple[ErrorTypes, type | None]] = {
     "magic": (FormatError, FormatError),
-    "version": (UnsupportedVersionError, None),
+    # Flipping bit 4 turns v1.0 (0x01) into v1.1 (0x11) and back: a known
+    # version whose region size then does not match (IntegrityError).
+    "version": ((UnsupportedVersionError, IntegrityError), None),
     "suite": (UnsupportedVersionError, None),
     "wrapped_provider": ((IntegrityError, KeyServiceError, ConfigurationError), None),
     "wrapped_key_id": (KEY_NAMING, None),
@@ -384,8 +386,9 @@ def test_truncation_to_empty_is_format_error(target: Target) -> None:
 def test_truncate_or_extend_objects_of_edge_sizes(target: Target, size: int) -> None:
     plain = _plain(7, size)
     path, raw = _write(target, f"edge{size}.bin", plain)
+    region = parse_header(raw).header_region  # compact (v1.1) for the small sizes
     cases = {
-        "drop-1": raw[:-1], "drop-tag": raw[:-TAG_BYTES], "drop-last-segment": raw[: HEADER_REGION + max(0, (size - 1) // SEG) * STRIDE],
+        "drop-1": raw[:-1], "drop-tag": raw[:-TAG_BYTES], "drop-last-segment": raw[: region + max(0, (size - 1) // SEG) * STRIDE],
         "append-1": raw + b"\x00", "append-tag": raw + raw[-TAG_BYTES:], "append-stride": raw + raw[-STRIDE:],
         "append-zero-stride": raw + bytes(STRIDE),
     }
@@ -419,6 +422,156 @@ def test_appended_bytes(target: Target, extra: bytes) -> None:
     problems = check_reads(target.efs, path, plain, IntegrityError, partial_must_fail=tail_damage(target),
                            exact=IntegrityError)
     assert not problems, problems
+
+
+# -- compact (v1.1) headers: FORMAT.md section 3.1 ------------------------------------------
+
+#: Plaintext sizes whose objects get each compact region with 1 KiB segments:
+#: one segment in the 496-byte lane, two in the 1536-byte lane.
+COMPACT = {"lane-496": 700, "lane-1536": SEG + 476}
+
+
+def _write_compact(t: Target, lane: str) -> tuple[str, bytes, bytes]:
+    plain = _plain(20, COMPACT[lane])
+    path, raw = _write(t, f"{lane}.bin", plain)
+    assert struct.unpack_from(">BBHI", raw, 4) == (0x11, 1, 0, int(lane.split("-")[1]))
+    return path, raw, plain
+
+
+@pytest.mark.parametrize("lane", sorted(COMPACT))
+@pytest.mark.parametrize("field", FIELDS)
+def test_compact_header_bit_flips(target: Target, field: str, lane: str) -> None:
+    """Every bit of the small fields and one per byte elsewhere, as for v1.0:
+    the compact header defends itself exactly like the 4096-byte one."""
+    if target.name.endswith("-ranged") and field not in ALL_BITS:
+        pytest.skip("a compact object is always read whole; the ranged targets add nothing here")
+    path, raw, plain = _write_compact(target, lane)
+    start, end = header_fields(raw)[field]
+    if field == "padding":
+        assert end == int(lane.split("-")[1]) and end > start
+    expected, exact = EXPECTED.get(field, (IntegrityError, IntegrityError))
+    positions = range(start, end, 1 if field != "padding" or target.name == "memory" else 61)
+    problems: list[str] = []
+    for pos in positions:
+        for bit in _bits_for(target, field, pos):
+            bad = bytearray(raw)
+            bad[pos] ^= 1 << bit
+            target.put_raw(path, bytes(bad))
+            found = check_reads(target.efs, path, plain, expected, partial_must_fail=True, thorough=False, exact=exact)
+            problems += [f"byte {pos} bit {bit}: {p}" for p in found]
+    target.put_raw(path, raw)
+    assert target.efs.cat_file(path) == plain
+    assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize("lane", sorted(COMPACT))
+def test_compact_truncation_and_extension_at_every_length(target: Target, lane: str) -> None:
+    """Cut at every byte (the header too) and extend by 1..STRIDE bytes:
+    IntegrityError, or FormatError for the empty object, never bytes.  Cuts
+    and extensions move the size into another lane or out of the compact
+    range, where the header's region no longer matches the size."""
+    path, raw, plain = _write_compact(target, lane)
+    step = 1 if target.name == "memory" else 37
+    problems: list[str] = []
+    variants = [(f"cut {n}", raw[:n]) for n in range(0, len(raw), step)]
+    variants += [(f"extend {k}", raw + bytes(k)) for k in range(1, STRIDE + 1, step)]
+    for label, data in variants:
+        target.put_raw(path, data)
+        for how, read in (("cat", lambda: target.efs.cat_file(path)),
+                          ("range", lambda: target.efs.cat_file(path, start=0, end=10))):
+            try:
+                out = read()
+            except (IntegrityError, FormatError) as exc:
+                if data and type(exc) is not IntegrityError:
+                    problems.append(f"{label} {how}: {type(exc).__name__}")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{label} {how}: {type(exc).__name__}: {exc}")
+            else:
+                problems.append(f"{label} {how}: returned {len(out)} bytes")
+    assert not problems, problems[:20]
+
+
+REGION_VALUES = [0, 1, 48, 495, 496, 497, 1535, 1536, 1537, 4095, 4096, 4097, 2**31, 2**32 - 1]
+
+
+@pytest.mark.parametrize("kind", ["v1.0", "lane-496", "lane-1536"])
+def test_region_length_field_tampering(target: Target, kind: str) -> None:
+    """The region length (offset 8) set to every interesting value, with the
+    version byte left alone or switched to the other layout's (v1.0 <->
+    v1.1 confusion): IntegrityError (or an unsupported version), never data."""
+    if kind == "v1.0":
+        plain = _plain(21)
+        path, raw = _write(target, "v10.bin", plain)
+        assert raw[4] == 0x01
+    else:
+        path, raw, plain = _write_compact(target, kind)
+    problems: list[str] = []
+    for version in (raw[4], 0x01, 0x11):
+        for value in REGION_VALUES:
+            bad = bytearray(raw)
+            bad[4] = version
+            struct.pack_into(">I", bad, 8, value)
+            if bytes(bad) == raw:
+                continue
+            target.put_raw(path, bytes(bad))
+            found = check_reads(target.efs, path, plain, (IntegrityError, UnsupportedVersionError),
+                                partial_must_fail=True, thorough=False)
+            problems += [f"version {version:#x} region {value}: {p}" for p in found]
+    assert not problems, problems[:20]
+
+
+def _relayout(raw: bytes, version: int, region: int) -> bytes:
+    """An attacker's re-layout without the key: same header bytes, padding
+    grown or shrunk to ``region``, version and region fields rewritten."""
+    old = struct.unpack_from(">I", raw, 8)[0]
+    head = bytearray(raw[:old].rstrip(b"\x00")) if region < old else bytearray(raw[:old])
+    head[4] = version
+    struct.pack_into(">I", head, 8, region)
+    head = head[:region] + bytes(max(0, region - len(head)))
+    return bytes(head) + raw[old:]
+
+
+def test_v1_v11_confusion(target: Target) -> None:
+    """A compact object laid out as v1.0 (4096-byte region) and a v1.0
+    object squeezed into a compact region, each with the version byte that
+    matches its new layout so the sizes map: the header MAC covers version
+    and region length, so both fail authentication."""
+    path, raw, plain = _write_compact(target, "lane-496")
+    grown = _relayout(raw, 0x01, HEADER_REGION)
+    assert len(grown) == HEADER_REGION + len(raw) - 496
+    small_plain = _plain(22, 300)
+    v10 = _write(target, "v10-small.bin", small_plain)[1]  # compact, then re-laid as v1.1 lane 2
+    cases = {"v1.1 as v1.0": (path, grown, plain),
+             "v1.1 lane 496 as lane 1536": (path, _relayout(raw, 0x11, 1536), plain)}
+    big = _plain(23)
+    bpath, braw = _write(target, "v10-big.bin", big)
+    cases["v1.0 as v1.1"] = (bpath, _relayout(braw, 0x11, 1536)[:4111], big)
+    problems: list[str] = []
+    for label, (p, data, original) in cases.items():
+        target.put_raw(p, data)
+        problems += [f"{label}: {x}" for x in check_reads(target.efs, p, original, IntegrityError,
+                                                           partial_must_fail=True, thorough=False,
+                                                           exact=IntegrityError)]
+    assert v10[4] == 0x11
+    assert not problems, problems[:20]
+
+
+def test_v1_0_small_objects_written_before_v1_1_still_read(target: Target, monkeypatch) -> None:
+    """Objects an encfs before v1.1 wrote (4096-byte region whatever the
+    size) keep their sizes in listings and read back, next to v1.1 ones."""
+    import encfs.format.header
+
+    sizes = [0, 1, 700, SEG, SEG + 476, 2 * SEG + 900, 3000]
+    monkeypatch.setattr(encfs.format.header, "choose_region", lambda need, body: HEADER_REGION)
+    old = {n: _write(target, f"old-{n}.bin", _plain(24 + n, n)) for n in sizes}
+    monkeypatch.undo()
+    new = {n: _write(target, f"new-{n}.bin", _plain(24 + n, n)) for n in sizes}
+    listing = {e["name"].rsplit("/", 1)[-1]: e["size"] for e in target.efs.ls(target.root, detail=True)}
+    for n in sizes:
+        assert old[n][1][4] == 0x01 and len(old[n][1]) >= HEADER_REGION + 16
+        assert listing[f"old-{n}.bin"] == listing[f"new-{n}.bin"] == n
+        assert target.efs.cat_file(old[n][0]) == target.efs.cat_file(new[n][0]) == _plain(24 + n, n)
+    assert {new[n][1][4] for n in sizes} == {0x11, 0x01}  # 3000 bytes no longer fit a compact lane
 
 
 # -- reordering and duplication ------------------------------------------------------------

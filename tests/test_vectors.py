@@ -1,4 +1,4 @@
-"""The published ENCF v1 test vectors (docs/test-vectors.json).
+"""The published ENCF v1.0 and v1.1 test vectors (docs/test-vectors.json).
 
 Three independent checks per vector:
 1. encrypt_object reproduces the stored object byte for byte;
@@ -35,11 +35,16 @@ def _ids() -> list[str]:
 
 
 def test_vector_file_covers_required_sizes() -> None:
-    sizes = {v["plaintext_size"] for v in VECTORS}
     seg = VECTORS[0]["segment_size"]
     assert seg == 1024
-    assert {0, 1, seg, 2500, seg * 5 // 2} <= sizes
+    for fmt, writer in (("1.0", "1.0"), ("1.1", "1.1")):
+        sizes = {v["plaintext_size"] for v in VECTORS if v["format"] == fmt and v["writer"] == writer}
+        assert {0, 1, seg} <= sizes, fmt
+    assert {0, 1, seg, 2500, seg * 5 // 2} <= {v["plaintext_size"] for v in VECTORS if v["writer"] == "1.0"}
+    # Both compact regions, and a 1.1 writer falling back to the 1.0 layout.
+    assert {v["header_region"] for v in VECTORS if v["writer"] == "1.1"} == {496, 1536, 4096}
     assert DOC["format_version"] == 1 and DOC["header_region"] == 4096
+    assert DOC["compact_lanes"] == [{"first_size": 512, "region": 496}, {"first_size": 1552, "region": 1536}]
 
 
 def test_generator_reproduces_stored_file() -> None:
@@ -63,6 +68,7 @@ def test_encrypt_reproduces_vector(v: dict[str, Any]) -> None:
         wrapped_keys=_wrapped(v),
         plaintext=bytes.fromhex(v["plaintext"]),
         segment_size=v["segment_size"],
+        compact=v["writer"] == "1.1",
     )
     assert len(blob) == v["object_size"]
     assert blob.hex() == v["object"]
@@ -99,10 +105,25 @@ def _hkdf(dek: bytes, salt: bytes, label: bytes, suite: int) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=label + bytes([suite])).derive(dek)
 
 
+#: FORMAT.md section 3.1, restated: ciphertext size -> header region.
+def _spec_region(size: int) -> int | None:
+    if size >= 4112:
+        return 4096
+    if 1552 <= size:
+        return 1536
+    if 512 <= size:
+        return 496
+    return None
+
+
 def _spec_decode(obj: bytes, dek: bytes) -> dict[str, Any]:
-    """Decode an ENCF v1 object following docs/FORMAT.md, not encfs.format."""
+    """Decode an ENCF v1.0 or v1.1 object following docs/FORMAT.md, not encfs.format."""
     magic, version, suite, flags, region, seg, oid = struct.unpack_from(">4sBBHII32s", obj, 0)
-    assert (magic, version, suite, flags, region) == (b"ENCF", 1, 1, 0, 4096)
+    assert (magic, suite, flags) == (b"ENCF", 1, 0)
+    # The version byte names the layout; the region must be the one the
+    # object's size names (section 3.1).
+    assert (version, region) in {(0x01, 4096), (0x11, 496), (0x11, 1536)}
+    assert region == _spec_region(len(obj))
     (ctx_len,) = struct.unpack_from(">H", obj, 48)
     ctx_raw = obj[50 : 50 + ctx_len]
     commitment = obj[50 + ctx_len : 82 + ctx_len]
@@ -144,7 +165,7 @@ def _spec_decode(obj: bytes, dek: bytes) -> dict[str, Any]:
         blob = obj[pos + 2 : pos + 2 + wlen]
         pos += 2 + wlen
         wrapped.append({"provider": provider, "key_id": key_id, "version": kver, "wrapped": blob.hex()})
-    assert obj[pos:region] == bytes(region - pos)
+    assert pos <= region and obj[pos:region] == bytes(region - pos)
     # Body: segments of seg + 16 bytes, nonce = u64 index || u32 final.
     body = obj[region:]
     stride = seg + 16
@@ -155,7 +176,8 @@ def _spec_decode(obj: bytes, dek: bytes) -> dict[str, Any]:
         for i in range(nseg)
     )
     return {"context": ctx, "wrapped_keys": wrapped, "plaintext": plain, "segment_size": seg,
-            "body_key": body_key, "mac_key": mac_key, "commitment": commit, "mac": mac}
+            "body_key": body_key, "mac_key": mac_key, "commitment": commit, "mac": mac, "region": region,
+            "format": "1.0" if version == 0x01 else "1.1"}
 
 
 @pytest.mark.parametrize("v", VECTORS, ids=_ids())
@@ -169,5 +191,23 @@ def test_vector_matches_specification(v: dict[str, Any]) -> None:
     assert got["mac_key"].hex() == v["mac_key"]
     assert got["commitment"].hex() == v["commitment"]
     assert got["mac"].hex() == v["header_mac"]
+    assert (got["region"], got["format"]) == (v["header_region"], v["format"])
     nseg = max(1, -(-v["plaintext_size"] // v["segment_size"]))
-    assert v["object_size"] == 4096 + v["plaintext_size"] + 16 * nseg
+    assert v["object_size"] == v["header_region"] + v["plaintext_size"] + 16 * nseg
+
+
+def test_v1_0_vectors_are_the_published_v1_objects() -> None:
+    """The v1.0 vectors are the objects published before v1.1 existed
+    (their hashes pinned here): v1.1 readers must keep reading them."""
+    import hashlib
+
+    pinned = {v["name"]: hashlib.sha256(bytes.fromhex(v["object"])).hexdigest()[:16]
+              for v in VECTORS if v["writer"] == "1.0"}
+    assert pinned == V1_0_OBJECT_SHA256, pinned
+
+
+#: SHA-256 (first 16 hex digits) of the v1.0 objects in main's
+#: docs/test-vectors.json before format v1.1 (commit 8d6ae21).
+V1_0_OBJECT_SHA256 = {"plaintext-0": "3171d2efcce179b7", "plaintext-1": "f3a9f406eb167251",
+                      "plaintext-1024": "4c2460a4688bd9ba", "plaintext-2500": "a6a5c612e804aa82",
+                      "plaintext-2560": "b82fc3828b304434"}

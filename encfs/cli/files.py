@@ -141,6 +141,7 @@ def describe_object(fs: EncryptedFileSystem, path: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "path": fs._target_path(path),
         "format_version": header.version,
+        "format_minor": header.minor,
         "suite": header.suite,
         "suite_name": header.suite_name,
         "segment_size": header.segment_size,
@@ -173,7 +174,7 @@ def format_info(info: dict[str, Any]) -> list[str]:
     size = info["plaintext_size"]
     lines = [
         f"path            {info['path']}",
-        f"format          ENCF v{info['format_version']}",
+        f"format          ENCF v{info['format_version']}.{info.get('format_minor', 0)}",
         f"suite           {info['suite']} ({info['suite_name']})",
         f"segment size    {info['segment_size']} bytes",
         f"object id       {info['object_id']}",

@@ -1,4 +1,4 @@
-"""The ENCF v1 object format: bytes and keys in, bytes out.
+"""The ENCF v1 object format (v1.0 and v1.1): bytes and keys in, bytes out.
 
 Nothing here knows about fsspec, key services or caches (DESIGN.md section 4);
 docs/FORMAT.md is the specification this package enacts.
@@ -11,11 +11,15 @@ from collections.abc import Iterable
 from ..errors import IntegrityError
 from .context import PATH_KEY, decode_context, encode_context
 from .header import (
+    FIXED_BYTES,
     MAGIC,
     SUITE_AES256GCM_HKDF_SHA256_COMMIT,
     SUPPORTED_SUITES,
     VERSION,
+    VERSION_1_0,
+    VERSION_1_1,
     Header,
+    HeaderPlan,
     WrappedKey,
     encode_header,
     parse_header,
@@ -24,13 +28,20 @@ from .header import (
 )
 from .kdf import DEK_BYTES, OBJECT_ID_BYTES, ObjectKeys, derive_object_keys
 from .layout import (
+    COMPACT_END,
+    COMPACT_LANES,
+    COMPACT_MAX_BODY,
+    COMPACT_REGIONS,
     DEFAULT_SEGMENT,
     HEADER_REGION,
     TAG_BYTES,
+    body_size,
     check_segment_size,
+    choose_region,
     ciphertext_size,
     covering_segments,
     plaintext_size,
+    region_for_size,
     segment_count,
     segment_offset,
 )
@@ -53,21 +64,27 @@ def encrypt_object(
     wrapped_keys: list[WrappedKey],
     plaintext: bytes,
     segment_size: int = DEFAULT_SEGMENT,
+    compact: bool = True,
 ) -> bytes:
-    """Encrypt a whole object in memory (used by tests and the test vectors)."""
+    """Encrypt a whole object in memory (used by tests and the test vectors).
+
+    ``compact=False`` writes the v1.0 layout (4096-byte region) whatever the
+    size, as encfs before format v1.1 did.
+    """
     keys = derive_object_keys(dek, object_id, SUITE_AES256GCM_HKDF_SHA256_COMMIT)
     head = encode_header(
-        segment_size=segment_size, object_id=object_id, context=context, keys=keys, wrapped_keys=wrapped_keys
+        segment_size=segment_size, object_id=object_id, context=context, keys=keys, wrapped_keys=wrapped_keys,
+        body=body_size(len(plaintext), segment_size) if compact else None,
     )
     return head + b"".join(seal_segments(SegmentCipher(keys.body_key), plaintext, segment_size))
 
 
 def decrypt_object(data: bytes, dek: bytes, path: str | None = None) -> tuple[Header, bytes]:
     """Authenticate and decrypt a whole in-memory object with a known data key."""
-    header = parse_header(data[:HEADER_REGION], path)
+    header = parse_header(data, path)
     keys = derive_object_keys(dek, header.object_id, header.suite)
     header.verify(keys, path)
-    size = plaintext_size(len(data), header.segment_size)
+    size = plaintext_size(len(data), header.segment_size, header.header_region)
     if size is None:
         raise IntegrityError(path)
     cipher = SegmentCipher(keys.body_key)
@@ -75,7 +92,7 @@ def decrypt_object(data: bytes, dek: bytes, path: str | None = None) -> tuple[He
     stride = header.segment_size + TAG_BYTES
     out = bytearray()
     for i in range(n):
-        off = segment_offset(i, header.segment_size)
+        off = segment_offset(i, header.segment_size, header.header_region)
         try:
             out += cipher.open(i, data[off : off + stride], i == n - 1)
         except SegmentAuthError:
@@ -83,12 +100,43 @@ def decrypt_object(data: bytes, dek: bytes, path: str | None = None) -> tuple[He
     return header, bytes(out)
 
 
+def reframe_object(data: bytes, header: Header, keys: ObjectKeys, wrapped_keys: list[WrappedKey] | tuple[WrappedKey, ...],
+                   path: str | None = None) -> bytes:
+    """A whole object again with new wrapped keys in the region they need
+    (FORMAT.md section 4.2: rewrap of a compact object whose new wrapped-key
+    section does not fit its region).
+
+    ``header`` must have been verified with ``keys``.  Every segment is
+    authenticated first, so only an intact object is rewritten; the body
+    bytes are kept as they are (same object id, same body key), and the new
+    header has the same context bytes and a new MAC over its new region size.
+    """
+    size = plaintext_size(len(data), header.segment_size, header.header_region)
+    if size is None:
+        raise IntegrityError(path)
+    cipher = SegmentCipher(keys.body_key)
+    n = segment_count(size, header.segment_size)
+    stride = header.segment_size + TAG_BYTES
+    body = data[header.header_region :]
+    for i in range(n):
+        try:
+            cipher.open(i, body[i * stride : (i + 1) * stride], i == n - 1)
+        except SegmentAuthError:
+            raise IntegrityError(path) from None
+    ctx_len = len(header.mac_input) - FIXED_BYTES - 2 - len(header.commitment)
+    plan = HeaderPlan(segment_size=header.segment_size, object_id=header.object_id, context=header.context,
+                      keys=keys, wrapped_keys=wrapped_keys, suite=header.suite,
+                      context_bytes=header.mac_input[FIXED_BYTES + 2 : FIXED_BYTES + 2 + ctx_len])
+    return plan.region(len(body)) + body
+
+
 __all__ = [
-    "MAGIC", "VERSION", "SUITE_AES256GCM_HKDF_SHA256_COMMIT", "SUPPORTED_SUITES", "PATH_KEY",
+    "MAGIC", "VERSION", "VERSION_1_0", "VERSION_1_1", "HeaderPlan", "COMPACT_END", "COMPACT_LANES",
+    "COMPACT_MAX_BODY", "COMPACT_REGIONS", "body_size", "choose_region", "region_for_size", "SUITE_AES256GCM_HKDF_SHA256_COMMIT", "SUPPORTED_SUITES", "PATH_KEY",
     "Header", "WrappedKey", "ObjectKeys", "SegmentCipher", "SegmentAuthError",
     "DEK_BYTES", "OBJECT_ID_BYTES", "DEFAULT_SEGMENT", "HEADER_REGION", "TAG_BYTES",
     "encode_header", "parse_header", "peek_is_encfs", "replace_wrapped_keys",
     "encode_context", "decode_context", "derive_object_keys",
     "check_segment_size", "ciphertext_size", "plaintext_size", "segment_count",
-    "segment_offset", "covering_segments", "seal_segments", "encrypt_object", "decrypt_object",
+    "segment_offset", "covering_segments", "seal_segments", "encrypt_object", "decrypt_object", "reframe_object",
 ]

@@ -1,13 +1,13 @@
-"""ENCF v1 header: encode and parse (FORMAT.md section 4).
+"""ENCF header: encode and parse (FORMAT.md section 4).
 
-Layout of the fixed ``HEADER_REGION`` (all integers big-endian)::
+Layout of the header region (all integers big-endian)::
 
     off  len  field
     0    4    magic b"ENCF"
-    4    1    format version (1)
+    4    1    format version: 0x01 = v1.0, 0x11 = v1.1 (minor << 4 | major)
     5    1    algorithm suite (1)
     6    2    flags (0; reserved)
-    8    4    header region length (4096)
+    8    4    header region length H (v1.0: 4096; v1.1: 496 or 1536)
     12   4    segment size (plaintext bytes per segment)
     16   32   object id (random)
     48   2    context length L
@@ -22,7 +22,11 @@ Layout of the fixed ``HEADER_REGION`` (all integers big-endian)::
          2+k  key id (UTF-8)
          1+v  key version (ASCII)
          2+w  wrapped data key
-    rest      zero padding up to the header region length
+    rest      zero padding up to the header region length H
+
+v1.1 differs from v1.0 only in the version byte and a compact region
+(layout.py, FORMAT.md section 3.1): the version byte and H are both under
+the MAC, and each version admits only its own region sizes.
 
 Parsing never trusts a length: each is checked against the bytes left and a
 per-field maximum before any slice.  Magic and version failures are
@@ -41,10 +45,14 @@ from cryptography.hazmat.primitives import hashes, hmac
 from ..errors import FormatError, HeaderTooLargeError, IntegrityError, UnsupportedVersionError
 from .context import decode_context, encode_context
 from .kdf import OBJECT_ID_BYTES, ObjectKeys
-from .layout import HEADER_REGION, MAX_SEGMENT, MIN_SEGMENT
+from .layout import COMPACT_REGIONS, HEADER_REGION, MAX_SEGMENT, MIN_SEGMENT, choose_region
 
 MAGIC = b"ENCF"
+#: Major format version (the low nibble of the version byte).
 VERSION = 1
+#: Version bytes: v1.0 (4096-byte region) and v1.1 (compact region).
+VERSION_1_0 = 0x01
+VERSION_1_1 = 0x11
 SUITE_AES256GCM_HKDF_SHA256_COMMIT = 1
 SUPPORTED_SUITES = {SUITE_AES256GCM_HKDF_SHA256_COMMIT: "AES-256-GCM/HKDF-SHA256/HMAC-SHA256/commit"}
 
@@ -93,20 +101,27 @@ class Header:
     wrapped_keys: tuple[WrappedKey, ...]
     mac: bytes = b""
     suite: int = SUITE_AES256GCM_HKDF_SHA256_COMMIT
+    #: Major format version (1); ``minor`` is 0 (v1.0) or 1 (v1.1).
     version: int = VERSION
     header_region: int = HEADER_REGION
     #: The exact bytes the MAC covers (set by parse/encode).
     mac_input: bytes = field(default=b"", repr=False, compare=False)
+    minor: int = 0
 
     @property
     def suite_name(self) -> str:
         return SUPPORTED_SUITES.get(self.suite, f"unknown({self.suite})")
 
+    @property
+    def format_name(self) -> str:
+        """``"1.0"`` or ``"1.1"``."""
+        return f"{self.version}.{self.minor}"
+
     def verify(self, keys: ObjectKeys, path: str | None = None) -> None:
         """Check commitment then MAC; raise IntegrityError on any mismatch."""
         if not keys.matches(self.commitment):
             raise IntegrityError(path)
-        h = hmac.HMAC(keys.mac_key, hashes.SHA256())
+        h = hmac.HMAC(keys.mac_key, _SHA256)
         h.update(self.mac_input)
         try:
             h.verify(self.mac)
@@ -114,17 +129,82 @@ class Header:
             raise IntegrityError(path) from None
 
 
-def _authenticated_part(segment_size: int, object_id: bytes, ctx: bytes, commitment: bytes, suite: int) -> bytes:
-    return (
-        _FIXED.pack(MAGIC, VERSION, suite, 0, HEADER_REGION, segment_size, object_id)
-        + struct.pack(">H", len(ctx)) + ctx + commitment
-    )
+_SHA256 = hashes.SHA256()
 
 
 def _mac(mac_key: bytes, data: bytes) -> bytes:
-    h = hmac.HMAC(mac_key, hashes.SHA256())
+    h = hmac.HMAC(mac_key, _SHA256)
     h.update(data)
     return h.finalize()
+
+
+def _encode_wrapped(wrapped_keys) -> bytes:
+    if not 1 <= len(wrapped_keys) <= MAX_WRAPPED_KEYS:
+        raise ValueError(f"an object needs 1..{MAX_WRAPPED_KEYS} wrapped keys")
+    return bytes([len(wrapped_keys)]) + b"".join(w.encode() for w in wrapped_keys)
+
+
+def _too_large(total: int, region: int = HEADER_REGION) -> HeaderTooLargeError:
+    return HeaderTooLargeError(
+        f"header needs {total} bytes but the region holds {region}: "
+        "use fewer root keys or a shorter path/context"
+    )
+
+
+class HeaderPlan:
+    """Everything of a new header but its region size, which a writer picks
+    once it knows the body size (a stream learns it at close): FORMAT.md
+    section 3.1.  Holds the header MAC key, so it never shows or pickles it.
+    """
+
+    __slots__ = ("_after_fixed", "_mac_key", "_object_id", "_segment_size", "_suite", "_wrapped", "need")
+
+    def __init__(
+        self,
+        *,
+        segment_size: int,
+        object_id: bytes,
+        context: dict[str, str],
+        keys: ObjectKeys,
+        wrapped_keys: tuple[WrappedKey, ...] | list[WrappedKey],
+        suite: int = SUITE_AES256GCM_HKDF_SHA256_COMMIT,
+        context_bytes: bytes | None = None,
+    ) -> None:
+        if len(object_id) != OBJECT_ID_BYTES:
+            raise ValueError("object id must be 32 bytes")
+        if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
+            raise ValueError("segment size out of range")
+        ctx = context_bytes
+        if ctx is None:
+            try:
+                ctx = encode_context(context)
+            except ValueError as exc:  # e.g. a bound path longer than a context value may be
+                raise HeaderTooLargeError(f"the encryption context does not fit an encfs header: {exc}") from None
+        self._after_fixed = _CTX_LEN.pack(len(ctx)) + ctx + keys.commitment
+        self._wrapped = _encode_wrapped(wrapped_keys)
+        self._mac_key = keys.mac_key
+        self._object_id, self._segment_size, self._suite = object_id, segment_size, suite
+        #: Bytes the header needs before padding.
+        self.need = FIXED_BYTES + len(self._after_fixed) + MAC_BYTES + len(self._wrapped)
+        if self.need > HEADER_REGION:
+            raise _too_large(self.need)
+
+    def __repr__(self) -> str:
+        return f"HeaderPlan(need={self.need})"
+
+    def __reduce__(self):  # never pickle a live key
+        raise TypeError("HeaderPlan cannot be pickled")
+
+    def region(self, body: int | None = None) -> bytes:
+        """The padded header region for a body of ``body`` bytes (segments
+        and tags; ``None`` when unknown: the v1.0 region)."""
+        size = choose_region(self.need, body)
+        version = VERSION_1_0 if size == HEADER_REGION else VERSION_1_1
+        authed = _FIXED.pack(MAGIC, version, self._suite, 0, size, self._segment_size, self._object_id) + self._after_fixed
+        return authed + _mac(self._mac_key, authed) + self._wrapped + bytes(size - self.need)
+
+
+_CTX_LEN = struct.Struct(">H")
 
 
 def encode_header(
@@ -135,59 +215,66 @@ def encode_header(
     keys: ObjectKeys,
     wrapped_keys: tuple[WrappedKey, ...] | list[WrappedKey],
     suite: int = SUITE_AES256GCM_HKDF_SHA256_COMMIT,
+    body: int | None = None,
 ) -> bytes:
-    """Return the full, padded header region of a new (or rebound) object."""
-    if len(object_id) != OBJECT_ID_BYTES:
-        raise ValueError("object id must be 32 bytes")
-    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
-        raise ValueError("segment size out of range")
-    try:
-        ctx = encode_context(context)
-    except ValueError as exc:  # e.g. a bound path longer than a context value may be
-        raise HeaderTooLargeError(f"the encryption context does not fit an encfs header: {exc}") from None
-    authed = _authenticated_part(segment_size, object_id, ctx, keys.commitment, suite)
-    mac = _mac(keys.mac_key, authed)
-    return authed + mac + encode_wrapped_section(wrapped_keys, len(authed) + MAC_BYTES)
+    """Return the full, padded header region of a new (or rebound) object.
+
+    ``body``: the body size in bytes when known, so a small object gets a
+    compact v1.1 region (section 3.1); ``None`` writes the v1.0 region.
+    """
+    return HeaderPlan(segment_size=segment_size, object_id=object_id, context=context, keys=keys,
+                      wrapped_keys=wrapped_keys, suite=suite).region(body)
 
 
-def encode_wrapped_section(wrapped_keys, offset: int) -> bytes:
-    """Wrapped-key section plus zero padding, to follow ``offset`` bytes of header."""
-    if not 1 <= len(wrapped_keys) <= MAX_WRAPPED_KEYS:
-        raise ValueError(f"an object needs 1..{MAX_WRAPPED_KEYS} wrapped keys")
-    section = bytes([len(wrapped_keys)]) + b"".join(w.encode() for w in wrapped_keys)
+def encode_wrapped_section(wrapped_keys, offset: int, region: int = HEADER_REGION) -> bytes:
+    """Wrapped-key section plus zero padding, to follow ``offset`` bytes of
+    header in a region of ``region`` bytes."""
+    section = _encode_wrapped(wrapped_keys)
     total = offset + len(section)
-    if total > HEADER_REGION:
-        raise HeaderTooLargeError(
-            f"header needs {total} bytes but the region holds {HEADER_REGION}: "
-            "use fewer root keys or a shorter path/context"
-        )
-    return section + bytes(HEADER_REGION - total)
+    if total > region:
+        raise _too_large(total, region)
+    return section + bytes(region - total)
 
 
 def replace_wrapped_keys(region: bytes, header: Header, wrapped_keys) -> bytes:
-    """Rewrap: the same authenticated part and MAC, new wrapped keys."""
+    """Rewrap: the same authenticated part and MAC, new wrapped keys, the
+    same region size.  :class:`HeaderTooLargeError` when they do not fit it
+    (a compact object is then rewritten whole, FORMAT.md section 4.2)."""
     head = header.mac_input + header.mac
-    return head + encode_wrapped_section(wrapped_keys, len(head))
+    return head + encode_wrapped_section(wrapped_keys, len(head), header.header_region)
 
 
 def peek_is_encfs(data: bytes) -> bool:
     return len(data) >= 4 and data[:4] == MAGIC
 
 
-def parse_header(region: bytes, path: str | None = None) -> Header:
-    """Parse a header region.  Does not verify: call :meth:`Header.verify`."""
+#: Region sizes each version byte admits (section 4): one-to-one, so a v1.0
+#: header can never be read as v1.1 or the reverse.
+_REGIONS = {VERSION_1_0: frozenset({HEADER_REGION}), VERSION_1_1: COMPACT_REGIONS}
+
+
+def parse_header(data: bytes, path: str | None = None) -> Header:
+    """Parse the header at the start of ``data`` (the header region, or any
+    prefix of the object at least that long; a compact object may be given
+    whole).  Does not verify: call :meth:`Header.verify`."""
     where = f" at {path}" if path else ""
-    if len(region) < FIXED_BYTES or region[:4] != MAGIC:
+    if len(data) < FIXED_BYTES or data[:4] != MAGIC:
+        if 4 <= len(data) and data[:4] == MAGIC or (0 < len(data) < 4 and MAGIC.startswith(bytes(data))):
+            raise IntegrityError(path)  # an encfs object cut short
         raise FormatError(f"not an encfs object{where}")
-    _magic, version, suite, flags, region_len, segment_size, object_id = _FIXED.unpack_from(region, 0)
-    if version != VERSION:
-        raise UnsupportedVersionError(f"unsupported encfs format version {version}{where}")
+    _magic, version, suite, flags, region_len, segment_size, object_id = _FIXED.unpack_from(data, 0)
+    if version not in _REGIONS:
+        raise UnsupportedVersionError(f"unsupported encfs format version {_version_name(version)}{where}")
     if suite not in SUPPORTED_SUITES:
         raise UnsupportedVersionError(f"unsupported encfs algorithm suite {suite}{where}")
     try:
-        return _parse_rest(region, suite, flags, region_len, segment_size, object_id)
+        return _parse_rest(data, version, suite, flags, region_len, segment_size, object_id)
     except (ValueError, IndexError, UnicodeDecodeError, struct.error):
         raise IntegrityError(path) from None
+
+
+def _version_name(byte: int) -> str:
+    return f"{byte & 0x0F}.{byte >> 4}" if byte & 0x0F else str(byte)
 
 
 def _take(buf: bytes, pos: int, n: int) -> tuple[bytes, int]:
@@ -196,14 +283,15 @@ def _take(buf: bytes, pos: int, n: int) -> tuple[bytes, int]:
     return buf[pos : pos + n], pos + n
 
 
-def _parse_rest(region: bytes, suite: int, flags: int, region_len: int, segment_size: int, object_id: bytes) -> Header:
-    if flags != 0 or region_len != HEADER_REGION or len(region) < HEADER_REGION:
+def _parse_rest(data: bytes, version: int, suite: int, flags: int, region_len: int, segment_size: int,
+                object_id: bytes) -> Header:
+    if flags != 0 or region_len not in _REGIONS[version] or len(data) < region_len:
         raise ValueError("bad fixed fields")
     if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
         raise ValueError("bad segment size")
-    region = region[:HEADER_REGION]
+    region = data[:region_len]
     pos = FIXED_BYTES
-    (ctx_len,) = struct.unpack_from(">H", region, pos)
+    (ctx_len,) = _CTX_LEN.unpack_from(region, pos)
     pos += 2
     ctx_bytes, pos = _take(region, pos, ctx_len)
     context = decode_context(ctx_bytes)
@@ -221,7 +309,7 @@ def _parse_rest(region: bytes, suite: int, flags: int, region_len: int, segment_
         if not 0 < n <= MAX_PROVIDER:
             raise ValueError("bad provider")
         provider, pos = _take(region, pos, n)
-        (n,) = struct.unpack_from(">H", region, pos)
+        (n,) = _CTX_LEN.unpack_from(region, pos)
         pos += 2
         if not 0 < n <= MAX_KEY_ID:
             raise ValueError("bad key id")
@@ -230,16 +318,16 @@ def _parse_rest(region: bytes, suite: int, flags: int, region_len: int, segment_
         pos += 1
         if n > MAX_VERSION:
             raise ValueError("bad version")
-        version, pos = _take(region, pos, n)
-        (n,) = struct.unpack_from(">H", region, pos)
+        version_b, pos = _take(region, pos, n)
+        (n,) = _CTX_LEN.unpack_from(region, pos)
         pos += 2
         if not 0 < n <= MAX_WRAPPED:
             raise ValueError("bad wrapped key")
         blob, pos = _take(region, pos, n)
-        wrapped.append(WrappedKey(provider.decode("ascii"), key_id.decode("utf-8"), version.decode("ascii"), blob))
+        wrapped.append(WrappedKey(provider.decode("ascii"), key_id.decode("utf-8"), version_b.decode("ascii"), blob))
     # Padding is outside the MAC, so insist it is all zero: no byte of the
-    # header may change unnoticed.
-    if any(region[pos:]):
+    # header may change unnoticed.  (count(0), not any(): C speed.)
+    if region.count(0, pos) != region_len - pos:
         raise ValueError("non-zero padding")
     return Header(
         segment_size=segment_size,
@@ -252,4 +340,5 @@ def _parse_rest(region: bytes, suite: int, flags: int, region_len: int, segment_
         version=VERSION,
         header_region=region_len,
         mac_input=mac_input,
+        minor=version >> 4,
     )
