@@ -174,11 +174,15 @@ def per_object_cpu(report: Report, n: int, rounds: int) -> None:
     sdk = aws_sdk_cached(payload)
     with temp_dir() as ks:
         efs = enc_over(private_memory(), ks)
-        paths = [f"/small/obj-{i:05d}" for i in range(n)]
-        efs.pipe_file(paths[0], payload)  # creates the key; the data key is cached from here on
-        assert efs.cat_file(paths[0]) == payload
+        efs.pipe_file("/warm", payload)  # creates the key; the data key is cached from here on
+        assert efs.cat_file("/warm") == payload
+        # New objects every round (as an ingest would write them), each read
+        # back once after the round's writes.
+        rounds_paths = iter([[f"/small/r{r}/obj-{i:05d}" for i in range(n)] for r in range(rounds)])
+        paths: list[str] = []
 
         def enc_write() -> None:
+            paths[:] = next(rounds_paths)
             for p in paths:
                 efs.pipe_file(p, payload)
 
@@ -194,6 +198,7 @@ def per_object_cpu(report: Report, n: int, rounds: int) -> None:
             report.params["aws-encryption-sdk"] = version
         print(f"per-object CPU: {n} x 1 KiB, {rounds} rounds, interleaved ...", flush=True)
         _wall, cpu = interleaved_wall_cpu(cases, rounds)
+        assert efs.cat_file(paths[0]) == payload
         stored = len(efs.fs.cat_file(paths[0]))
         stats = efs.cache_stats()
     us = {k: v / n * 1e6 for k, v in cpu.items()}

@@ -115,15 +115,39 @@ class CacheLimits:
         return cls(**dict(option))
 
 
+#: Memo of the two digests below: both are pure functions of public inputs
+#: (key URIs, wrapped entries, contexts: no key material), computed for every
+#: object written or read, and with a cached data key the inputs repeat
+#: object after object.  Bounded: emptied when full.
+_DIGESTS: dict[Any, bytes] = {}
+_DIGEST_MEMO = 4096
+
+
+def _memo(key: Any, compute: Callable[[], bytes]) -> bytes:
+    try:
+        out = _DIGESTS.get(key)
+    except TypeError:  # an unhashable field (a bytearray blob): no memo
+        return compute()
+    if out is None:
+        out = compute()
+        if len(_DIGESTS) >= _DIGEST_MEMO:
+            _DIGESTS.clear()
+        _DIGESTS[key] = out
+    return out
+
+
 def partition_id(key_uris: Sequence[str], service_context: Mapping[str, str]) -> bytes:
     """Encryption-side partition: the root keys (in order) and the context."""
-    h = hashlib.sha256(b"encfs-cache/enc/1")
-    h.update(len(key_uris).to_bytes(2, "big"))
-    for uri in key_uris:
-        raw = uri.encode("utf-8")
-        h.update(len(raw).to_bytes(4, "big") + raw)
-    h.update(encode_context(service_context))
-    return h.digest()
+    def compute() -> bytes:
+        h = hashlib.sha256(b"encfs-cache/enc/1")
+        h.update(len(key_uris).to_bytes(2, "big"))
+        for uri in key_uris:
+            raw = uri.encode("utf-8")
+            h.update(len(raw).to_bytes(4, "big") + raw)
+        h.update(encode_context(service_context))
+        return h.digest()
+
+    return _memo(("enc", tuple(key_uris), tuple(service_context.items())), compute)
 
 
 def wrapped_digest(entry: WrappedKey, service_context: Mapping[str, str]) -> bytes:
@@ -133,11 +157,16 @@ def wrapped_digest(entry: WrappedKey, service_context: Mapping[str, str]) -> byt
     context is part of it because key services bind it (AAD): the same blob
     under another context must go back to the service and fail there.
     """
-    h = hashlib.sha256(b"encfs-cache/dec/1")
-    for part in (entry.provider.encode("utf-8"), entry.key_id.encode("utf-8"), entry.version.encode("utf-8"),
-                 bytes(entry.wrapped), encode_context(service_context)):
-        h.update(len(part).to_bytes(4, "big") + part)
-    return h.digest()
+    def compute() -> bytes:
+        h = hashlib.sha256(b"encfs-cache/dec/1")
+        for part in (entry.provider.encode("utf-8"), entry.key_id.encode("utf-8"), entry.version.encode("utf-8"),
+                     bytes(entry.wrapped), encode_context(service_context)):
+            h.update(len(part).to_bytes(4, "big") + part)
+        return h.digest()
+
+    # Items in order, not sorted: equal mappings built in another order only
+    # miss the memo (the digest itself is canonical).
+    return _memo(("dec", entry, tuple(service_context.items())), compute)
 
 
 class _Entry:
@@ -211,6 +240,19 @@ class DataKeyCache:
             now = self.clock()
             self._sweep(now)
             yield now
+
+    def _enter(self) -> float:
+        """``_op`` without the generator, for the per-object paths: take the
+        lock, sweep, return the time.  The caller releases ``_lock``."""
+        self._check_pid()
+        self._lock.acquire()
+        try:
+            now = self.clock()
+            self._sweep(now)
+        except BaseException:
+            self._lock.release()
+            raise
+        return now
 
     def _forget_all_after_fork(self) -> None:
         """Child side of a fork: wipe and drop everything, new locks.
@@ -302,7 +344,8 @@ class DataKeyCache:
         """
         lim = self.limits
         slot = ("enc", partition)
-        with self._op() as now:
+        now = self._enter()
+        try:
             entry = self._live(slot, now)
             if entry is None:
                 return None
@@ -316,6 +359,8 @@ class DataKeyCache:
             if entry.uses >= lim.max_objects:
                 self._remove(entry, "retirements")  # spent: wipe it now, not at the next miss
             return result
+        finally:
+            self._lock.release()
 
     @property
     def reuses_encryption_keys(self) -> bool:
@@ -351,7 +396,8 @@ class DataKeyCache:
         if nbytes < 0:
             raise ValueError("negative byte count")
         token = self._token(wrapped)
-        with self._op():
+        self._enter()
+        try:
             self._counts["plaintext_bytes"] += nbytes
             entry = self._tokens.get(token) if token is not None else None
             if entry is None:
@@ -359,17 +405,22 @@ class DataKeyCache:
             entry.plaintext += nbytes
             if entry.plaintext >= self.limits.max_bytes:
                 self._remove(entry, "retirements")
+        finally:
+            self._lock.release()
 
     # -- decryption side -----------------------------------------------------------
     def get_decryption_key(self, digest: bytes) -> bytes | None:
         slot = ("dec", digest)
-        with self._op() as now:
+        now = self._enter()
+        try:
             entry = self._live(slot, now)
             if entry is None:
                 return None
             self._counts["decrypt_hits"] += 1
             self._lru.move_to_end(slot)
             return bytes(entry.dek)
+        finally:
+            self._lock.release()
 
     def count_decrypt_miss(self) -> None:
         self._check_pid()

@@ -189,6 +189,7 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
         # sync methods, which never touch an event loop.
         self.async_impl = self.io.concurrent
         self.asynchronous = bool(kwargs.get("asynchronous", False))
+        self._bound_memo: dict[str, str] = {}
         self.segment_size = check_segment_size(segment_size)
         if read_block_size is None:
             # Sequential readahead window (file.py), and the size of each
@@ -281,6 +282,18 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
         on S3), so their exact key is bound: a copy to "x/" made without
         keys does not authenticate.
         """
+        memo = self._bound_memo
+        bound = memo.get(path)
+        if bound is None:
+            # A pure function of the path, asked for on every write and read
+            # of an object (twice for a read-back): remembered, bounded.
+            bound = self._bound_path_of(path)
+            if len(memo) >= 4096:
+                memo.clear()
+            memo[path] = bound
+        return bound
+
+    def _bound_path_of(self, path: str) -> str:
         bound = self._target_path(path)
         if isinstance(self.fs, LocalFileSystem):
             bound = bound.rstrip("/")
@@ -433,9 +446,16 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
 
     # -- writing -------------------------------------------------------------------
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
-        # Through open(), not _open(): open() is what enrols the file in a
-        # running transaction.
-        with self.open(path, "xb" if mode == "create" else "wb", **kwargs) as f:
+        fmode = "xb" if mode == "create" else "wb"
+        if self._intrans or kwargs:
+            # Through open(), not _open(): open() is what enrols the file in a
+            # running transaction.
+            with self.open(path, fmode, **kwargs) as f:
+                f.write(value)
+            return
+        # Outside a transaction open() adds nothing but its own overhead, a
+        # third of a small object's cost (issue 11, benchmarks/bench_small_objects.py).
+        with EncryptedWriteFile(self, self._target_path(path), fmode) as f:
             f.write(value)
 
     def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:

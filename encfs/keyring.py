@@ -57,6 +57,7 @@ class Keyring:
         if not keys:
             raise ConfigurationError("at least one root key is needed")
         self.write_refs = [KeyRef.parse(k) for k in keys]
+        self._write_uris = tuple(str(r) for r in self.write_refs)
         self.read_refs = self.write_refs + [KeyRef.parse(k) for k in (decrypt_keys or [])]
         #: Key services a read may consult: only those a configured key names.
         #: An entry of any other service is skipped before its provider is
@@ -144,7 +145,7 @@ class Keyring:
             if cache is not None:
                 cache.count_encrypt_miss()
             return dek, entries
-        part = partition_id([str(r) for r in self.write_refs], ctx)
+        part = partition_id(self._write_uris, ctx)
         hit = cache.take_encryption_key(part)
         if hit is None:
             with cache.flight("enc", part):

@@ -138,10 +138,25 @@ def _mac(mac_key: bytes, data: bytes) -> bytes:
     return h.finalize()
 
 
+#: Encoded wrapped-key sections by entries: with a cached data key every
+#: object carries the same entries (public bytes only).  Bounded.
+_SECTIONS: dict[tuple[WrappedKey, ...], bytes] = {}
+
+
 def _encode_wrapped(wrapped_keys) -> bytes:
     if not 1 <= len(wrapped_keys) <= MAX_WRAPPED_KEYS:
         raise ValueError(f"an object needs 1..{MAX_WRAPPED_KEYS} wrapped keys")
-    return bytes([len(wrapped_keys)]) + b"".join(w.encode() for w in wrapped_keys)
+    key = tuple(wrapped_keys)
+    try:
+        section = _SECTIONS.get(key)
+    except TypeError:  # an unhashable blob (bytearray): no memo
+        return bytes([len(key)]) + b"".join(w.encode() for w in key)
+    if section is None:
+        section = bytes([len(key)]) + b"".join(w.encode() for w in key)
+        if len(_SECTIONS) >= 1024:
+            _SECTIONS.clear()
+        _SECTIONS[key] = section
+    return section
 
 
 def _too_large(total: int, region: int = HEADER_REGION) -> HeaderTooLargeError:
@@ -277,27 +292,18 @@ def _version_name(byte: int) -> str:
     return f"{byte & 0x0F}.{byte >> 4}" if byte & 0x0F else str(byte)
 
 
-def _take(buf: bytes, pos: int, n: int) -> tuple[bytes, int]:
-    if n < 0 or pos + n > len(buf):
-        raise ValueError("truncated")
-    return buf[pos : pos + n], pos + n
+#: Parsed wrapped-key sections (with their padding) by bytes: with a cached
+#: data key, object after object carries the same section.  Only sections
+#: that parsed (and were all-zero padded) are kept; public bytes only.
+_PARSED: dict[bytes, tuple[WrappedKey, ...]] = {}
 
 
-def _parse_rest(data: bytes, version: int, suite: int, flags: int, region_len: int, segment_size: int,
-                object_id: bytes) -> Header:
-    if flags != 0 or region_len not in _REGIONS[version] or len(data) < region_len:
-        raise ValueError("bad fixed fields")
-    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
-        raise ValueError("bad segment size")
-    region = data[:region_len]
-    pos = FIXED_BYTES
-    (ctx_len,) = _CTX_LEN.unpack_from(region, pos)
-    pos += 2
-    ctx_bytes, pos = _take(region, pos, ctx_len)
-    context = decode_context(ctx_bytes)
-    commitment, pos = _take(region, pos, COMMIT_BYTES)
-    mac_input = region[:pos]
-    mac, pos = _take(region, pos, MAC_BYTES)
+def _parse_wrapped(region: bytes, pos: int, region_len: int) -> tuple[WrappedKey, ...]:
+    """The wrapped-key section at ``pos`` and the zero padding after it."""
+    tail = region[pos:region_len]
+    hit = _PARSED.get(tail)
+    if hit is not None:
+        return hit
     count_b, pos = _take(region, pos, 1)
     count = count_b[0]
     if not 1 <= count <= MAX_WRAPPED_KEYS:
@@ -327,14 +333,43 @@ def _parse_rest(data: bytes, version: int, suite: int, flags: int, region_len: i
         wrapped.append(WrappedKey(provider.decode("ascii"), key_id.decode("utf-8"), version_b.decode("ascii"), blob))
     # Padding is outside the MAC, so insist it is all zero: no byte of the
     # header may change unnoticed.  (count(0), not any(): C speed.)
-    if region.count(0, pos) != region_len - pos:
+    if region.count(0, pos, region_len) != region_len - pos:
         raise ValueError("non-zero padding")
+    out = tuple(wrapped)
+    if len(_PARSED) >= 256:
+        _PARSED.clear()
+    _PARSED[tail] = out
+    return out
+
+
+def _take(buf: bytes, pos: int, n: int) -> tuple[bytes, int]:
+    if n < 0 or pos + n > len(buf):
+        raise ValueError("truncated")
+    return buf[pos : pos + n], pos + n
+
+
+def _parse_rest(data: bytes, version: int, suite: int, flags: int, region_len: int, segment_size: int,
+                object_id: bytes) -> Header:
+    if flags != 0 or region_len not in _REGIONS[version] or len(data) < region_len:
+        raise ValueError("bad fixed fields")
+    if not MIN_SEGMENT <= segment_size <= MAX_SEGMENT:
+        raise ValueError("bad segment size")
+    region = data[:region_len]
+    pos = FIXED_BYTES
+    (ctx_len,) = _CTX_LEN.unpack_from(region, pos)
+    pos += 2
+    ctx_bytes, pos = _take(region, pos, ctx_len)
+    context = decode_context(ctx_bytes)
+    commitment, pos = _take(region, pos, COMMIT_BYTES)
+    mac_input = region[:pos]
+    mac, pos = _take(region, pos, MAC_BYTES)
+    wrapped = _parse_wrapped(region, pos, region_len)
     return Header(
         segment_size=segment_size,
         object_id=object_id,
         context=context,
         commitment=commitment,
-        wrapped_keys=tuple(wrapped),
+        wrapped_keys=wrapped,
         mac=mac,
         suite=suite,
         version=VERSION,
