@@ -41,6 +41,7 @@ from .format import (
     TAG_BYTES,
     Header,
     HeaderPlan,
+    WrappedKey,
     SegmentAuthError,
     SegmentCipher,
     covering_segments,
@@ -267,6 +268,12 @@ class ObjectReader:
         request, plus up to ``ahead`` following segments when a fetch is needed."""
         if not segs:
             return []
+        if len(segs) == 1:
+            # One cached segment (a small object's read after open): no
+            # bookkeeping.  A single OrderedDict.get is atomic under the GIL.
+            hit = self._cache.get(segs[0])
+            if hit is not None:
+                return [hit]
         out = self._cached(segs)
         missing = [i for i in segs if i not in out]
         if missing:
@@ -569,6 +576,51 @@ class EncryptedReadFile(AbstractBufferedFile):
         super().close()
 
 
+#: ``pipe_file`` values up to this size are sealed in one piece by
+#: :func:`write_whole`; larger ones stream (memory stays bounded).
+WHOLE_WRITE = 8 * 1024 * 1024
+
+
+def _new_object(efs: EncryptedFileSystem, path: str) -> tuple[HeaderPlan, SegmentCipher, list[WrappedKey]]:
+    """A new object's header plan, segment cipher and wrapped data key: a
+    data key (maybe cached), a random object id and the keys derived from
+    both (FORMAT.md section 5).  No key outlives this call but inside them."""
+    context = efs._context_for(path)
+    dek, wrapped = efs.keyring.new_data_key(context)
+    object_id = os.urandom(OBJECT_ID_BYTES)
+    keys = derive_object_keys(dek, object_id, 1)
+    plan = HeaderPlan(segment_size=efs.segment_size, object_id=object_id, context=context, keys=keys,
+                      wrapped_keys=wrapped)
+    cipher = SegmentCipher(keys.body_key)
+    del dek, keys
+    return plan, cipher, wrapped
+
+
+def write_whole(efs: EncryptedFileSystem, path: str, data: Any, exclusive: bool = False) -> None:
+    """Seal and store a whole in-memory value, all or nothing.
+
+    The same object one ``write`` and ``close`` of :class:`EncryptedWriteFile`
+    make, without the streaming machinery, which is most of a small object's
+    cost (issue 11, benchmarks/bench_small_objects.py).  Callers keep values
+    above ``WHOLE_WRITE`` on the streaming path.
+    """
+    view = memoryview(data).cast("B")
+    if exclusive and efs.fs.exists(path):
+        raise FileExistsError(path)
+    plan, cipher, wrapped = _new_object(efs, path)
+    seg = efs.segment_size
+    n = segment_count(len(view), seg)
+    sealed = [cipher.seal(i, view[i * seg : (i + 1) * seg], i == n - 1) for i in range(n)]
+    sink = efs.io.open_sink(path, exclusive)
+    try:
+        sink.write(plan.region(sum(map(len, sealed))) + b"".join(sealed))
+        efs.keyring.record_plaintext(wrapped, len(view))
+        sink.commit()
+    except BaseException:
+        sink.discard()
+        raise
+
+
 class EncryptedWriteFile(io.IOBase):
     """Streams plaintext into sealed segments; all-or-nothing at the target."""
 
@@ -580,21 +632,15 @@ class EncryptedWriteFile(io.IOBase):
         if exclusive and efs.fs.exists(path):
             raise FileExistsError(path)
         self.segment_size = efs.segment_size
-        context = efs._context_for(path)
-        _dek, wrapped = efs.keyring.new_data_key(context)
-        object_id = os.urandom(OBJECT_ID_BYTES)
-        keys = derive_object_keys(_dek, object_id, 1)
         # The header's region size depends on the body size (a compact v1.1
         # region for small objects, FORMAT.md section 3.1), so it is written
         # with the first segments once they prove the object too large for
         # one, or at close; until then at most COMPACT_MAX_BODY bytes of
         # sealed segments wait in ``_held``.
-        self._plan: HeaderPlan | None = HeaderPlan(segment_size=self.segment_size, object_id=object_id,
-                                                   context=context, keys=keys, wrapped_keys=wrapped)
+        plan, self._cipher, wrapped = _new_object(efs, path)
+        self._plan: HeaderPlan | None = plan
         self._held: list[bytes] = []
         self._held_bytes = 0
-        self._cipher = SegmentCipher(keys.body_key)
-        del _dek, keys
         # Public wrapped entries name the data key when the size is reported
         # at close (the cache's max-bytes-per-data-key limit, docs/CACHE.md).
         self._wrapped = wrapped

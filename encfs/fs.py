@@ -38,7 +38,7 @@ from .errors import (
     NotRegularFileError,
     UnsafePathError,
 )
-from .file import EncryptedReadFile, EncryptedWriteFile, ObjectReader, read_header
+from .file import WHOLE_WRITE, EncryptedReadFile, EncryptedWriteFile, ObjectReader, read_header, write_whole
 from .format import (
     HEADER_REGION,
     PATH_KEY,
@@ -453,9 +453,14 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
             with self.open(path, fmode, **kwargs) as f:
                 f.write(value)
             return
-        # Outside a transaction open() adds nothing but its own overhead, a
-        # third of a small object's cost (issue 11, benchmarks/bench_small_objects.py).
-        with EncryptedWriteFile(self, self._target_path(path), fmode) as f:
+        # Outside a transaction open() adds nothing but its own overhead, and
+        # a value in hand needs no streaming: sealed in one piece (issue 11,
+        # benchmarks/bench_small_objects.py).
+        tpath = self._target_path(path)
+        if isinstance(value, (bytes, bytearray, memoryview)) and len(value) <= WHOLE_WRITE:
+            write_whole(self, tpath, value, exclusive=fmode == "xb")
+            return
+        with EncryptedWriteFile(self, tpath, fmode) as f:
             f.write(value)
 
     def touch(self, path: str, truncate: bool = True, **kwargs: Any) -> None:

@@ -181,7 +181,7 @@ def test_printable_escapes_controls_and_bidi():
 def _plant_entries(efs: EncryptedFileSystem, tpath: str, entries: list[WrappedKey]) -> None:
     raw = efs.fs.cat_file(tpath)
     header = parse_header(raw[:HEADER_REGION], tpath)
-    efs.fs.pipe_file(tpath, replace_wrapped_keys(raw[:HEADER_REGION], header, entries) + raw[HEADER_REGION:])
+    efs.fs.pipe_file(tpath, replace_wrapped_keys(raw, header, entries) + raw[header.header_region:])
 
 
 def test_cli_output_escapes_crafted_header_strings(tmp_path, capsys, encfs_home):
@@ -337,8 +337,8 @@ def test_rewrap_never_contacts_unconfigured_keys(kms_moto, memfs, encfs_home):
     raw = memfs.cat_file("/lake/ok")
     header = parse_header(raw[:HEADER_REGION])
     planted = WrappedKey("aws-kms", foreign, "", os.urandom(64))
-    memfs.pipe_file("/lake/ok", replace_wrapped_keys(raw[:HEADER_REGION], header,
-                                                     [planted, *header.wrapped_keys]) + raw[HEADER_REGION:])
+    memfs.pipe_file("/lake/ok", replace_wrapped_keys(raw, header,
+                                                     [planted, *header.wrapped_keys]) + raw[header.header_region:])
     calls = _record(owner_fs.keyring.provider("aws-kms"))
     report = rewrap(owner_fs, "/lake", jobs=1)
     by_path = {r.path: r for r in report.results}
@@ -361,8 +361,8 @@ def test_kms_only_reader_never_touches_the_local_keystore(kms_moto, memfs, encfs
     raw = memfs.cat_file("/o")
     header = parse_header(raw[:HEADER_REGION])
     planted = WrappedKey("local", "k-planted", "1", os.urandom(60))
-    memfs.pipe_file("/o", replace_wrapped_keys(raw[:HEADER_REGION], header,
-                                               [planted, *header.wrapped_keys]) + raw[HEADER_REGION:])
+    memfs.pipe_file("/o", replace_wrapped_keys(raw, header,
+                                               [planted, *header.wrapped_keys]) + raw[header.header_region:])
     # A keystore that cannot be opened: touching it would raise KeystoreError
     # (or, sealed, prompt for a passphrase on a terminal).
     for name in os.listdir(encfs_home):
@@ -386,7 +386,7 @@ def test_discovery_never_opens_clients_in_regions_objects_name(kms_moto, memfs, 
     for i in range(40):
         arn = f"arn:aws:kms:zz-planted-{i}:{KMS_ACCOUNT}:key/{i:08d}-0000-0000-0000-000000000000"
         entries = [WrappedKey("aws-kms", arn, "", os.urandom(64)), *header.wrapped_keys]
-        memfs.pipe_file(f"/p/{i}", replace_wrapped_keys(raw[:HEADER_REGION], header, entries) + raw[HEADER_REGION:])
+        memfs.pipe_file(f"/p/{i}", replace_wrapped_keys(raw, header, entries) + raw[header.header_region:])
     reader = _kms_efs(memfs, "aws-kms://alias/b", discovery=True, discovery_accounts=[KMS_ACCOUNT])
     provider = reader.keyring.provider("aws-kms")
     for i in range(40):

@@ -467,7 +467,8 @@ def test_compact_header_bit_flips(target: Target, field: str, lane: str) -> None
 @pytest.mark.parametrize("lane", sorted(COMPACT))
 def test_compact_truncation_and_extension_at_every_length(target: Target, lane: str) -> None:
     """Cut at every byte (the header too) and extend by 1..STRIDE bytes:
-    IntegrityError, or FormatError for the empty object, never bytes.  Cuts
+    IntegrityError, or FormatError for the empty object, never other bytes
+    (a ranged read before the end may return the original ones).  Cuts
     and extensions move the size into another lane or out of the compact
     range, where the header's region no longer matches the size."""
     path, raw, plain = _write_compact(target, lane)
@@ -487,7 +488,11 @@ def test_compact_truncation_and_extension_at_every_length(target: Target, lane: 
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"{label} {how}: {type(exc).__name__}: {exc}")
             else:
-                problems.append(f"{label} {how}: returned {len(out)} bytes")
+                # A range before the end may come back when it is exactly
+                # the original bytes (segments authenticated at their index;
+                # the end is checked by reads that reach it, FORMAT.md 7).
+                if how == "cat" or out != plain[:10]:
+                    problems.append(f"{label} {how}: returned {len(out)} bytes")
     assert not problems, problems[:20]
 
 
