@@ -116,7 +116,7 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _secret(entry: dict[str, Any], where: str) -> str:
+def _secret(entry: dict[str, Any], where: str, base: Path) -> str:
     if entry.get("secret_access_key_env"):
         value = os.environ.get(entry["secret_access_key_env"])
         if not value:
@@ -124,7 +124,7 @@ def _secret(entry: dict[str, Any], where: str) -> str:
         return value
     if entry.get("secret_access_key_file"):
         try:
-            return Path(entry["secret_access_key_file"]).expanduser().read_text().strip()
+            return (base / Path(entry["secret_access_key_file"]).expanduser()).read_text().strip()
         except OSError as exc:
             raise ConfigurationError(f"{where}: cannot read secret_access_key_file: {exc.strerror}") from None
     if entry.get("secret_access_key"):
@@ -194,7 +194,7 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
             raise ConfigurationError(f"{where}: needs name and access_key_id")
         cfg.principals.append(Principal(
             name=str(name), arn=str(entry.get("arn") or f"arn:aws:iam::{cfg.account}:user/{name}"),
-            access_key_id=str(akid), secret=_secret(entry, where),
+            access_key_id=str(akid), secret=_secret(entry, where, base),
             account_actions=tuple(str(a) for a in entry.get("account_actions", ())),
         ))
     cfg.check()
