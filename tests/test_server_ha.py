@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -473,3 +474,223 @@ def test_every_request_on_any_replica_lands_in_one_verified_chain(tmp_path, post
 
 def dk_blob(kms, key: str) -> bytes:
     return kms.generate_data_key(KeyId=key, KeySpec="AES_256")["CiphertextBlob"]
+
+
+# -- failures: a replica killed, PostgreSQL restarted --------------------------------------------
+
+
+class ProcReplicas:
+    """Two ``encfs server --config`` processes on one database, master key in the HSM."""
+
+    def __init__(self, tmp_path: Path, url: str, hsm_env) -> None:
+        self.cfg = make_config(tmp_path / "cfg", names=("admin", "etl", "mallory"))
+        self.p = {p.name: p for p in self.cfg.principals}
+        self.env = {**os.environ, **hsm_env.env(), **secrets_env(self.cfg.principals)}
+        self.env.pop("ENCFS_PKCS11_PIN_FILE", None)
+        self.config = write_config(tmp_path / "kms.toml", url=url, master=hsm_master(), principals=self.cfg.principals,
+                                   data_dir=tmp_path / "data", extra="shutdown_timeout = 2\n")
+        self.ports = [_free_port(), _free_port()]
+        self.procs: list[subprocess.Popen | None] = [None, None]
+        for i in range(2):
+            self.start(i)
+
+    def endpoint(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.ports[i]}"
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [self.endpoint(0), self.endpoint(1)]
+
+    def start(self, i: int) -> None:
+        self.procs[i] = subprocess.Popen([*ENCFS, "server", "--config", str(self.config), "--port",
+                                          str(self.ports[i])], env=self.env, stderr=subprocess.PIPE)
+        _wait_healthy(self.endpoint(i), self.procs[i])
+
+    def kill(self, i: int) -> None:
+        proc = self.procs[i]
+        assert proc is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def proc_replicas(tmp_path_factory, postgres, hsm_env):
+    r = ProcReplicas(tmp_path_factory.mktemp("proc"), postgres.createdb("proc_" + uuid.uuid4().hex[:8]), hsm_env)
+    yield r
+    r.stop()
+
+
+def test_a_replica_killed_while_encfs_writes_and_reads_s3_loses_no_object(proc_replicas, moto_server, s3, tmp_path,
+                                                                          monkeypatch):
+    """No load balancer: the aws-kms provider lists both replicas
+    (``endpoint_url=[A, B]``) and moves to the next one when a call cannot
+    reach the first.  A is SIGKILLed mid-run; every object is written and
+    reads back."""
+    from encfs import EncryptedFileSystem
+
+    r = proc_replicas
+    admin = client(r.endpoint(0), r.p["admin"])
+    pol = {"Statement": [
+        {"Effect": "Allow", "Principal": {"AWS": arn("admin")}, "Action": "kms:*", "Resource": "*"},
+        {"Effect": "Allow", "Principal": {"AWS": arn("etl")},
+         "Action": ["kms:GenerateDataKey", "kms:Decrypt", "kms:DescribeKey"], "Resource": "*"}]}
+    key = admin.create_key(Policy=json.dumps(pol))["KeyMetadata"]["KeyId"]
+    admin.create_alias(AliasName="alias/ha-lake", TargetKeyId=key)
+    creds = tmp_path / "credentials"
+    creds.write_text(f"[etl]\naws_access_key_id = {r.p['etl'].access_key_id}\n"
+                     f"aws_secret_access_key = {r.p['etl'].secret}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+
+    def efs() -> EncryptedFileSystem:
+        # cache=False: every object asks the key server (GenerateDataKey, Decrypt).
+        return EncryptedFileSystem(
+            target_protocol="s3", target_options=moto_server.target_options(skip_instance_cache=True),
+            key="aws-kms://alias/ha-lake", skip_instance_cache=True, cache=False,
+            providers={"aws-kms": {"endpoint_url": r.endpoints, "region_name": "us-east-1",
+                                   "profile_name": "etl", "max_attempts": 6, "connect_timeout": 2}})
+
+    writer, reader = efs(), efs()
+    written: list[tuple[str, bytes]] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+    killed = threading.Event()
+
+    def write() -> None:
+        for i in range(60):
+            path, data = f"{s3.test_bucket}/t/part-{i:03d}.bin", os.urandom(2048) + str(i).encode()
+            try:
+                writer.pipe_file(path, data)
+            except BaseException as exc:  # noqa: BLE001 - a failed object
+                failures.append(exc)
+                continue
+            with lock:
+                written.append((path, data))
+            if i == 15:
+                killed.wait(30)
+
+    def read() -> None:
+        n = 0
+        while n < 60 and not failures:
+            with lock:
+                todo = written[n:]
+            if not todo:
+                time.sleep(0.01)
+                continue
+            for path, data in todo:
+                try:
+                    assert reader.cat_file(path) == data
+                except BaseException as exc:  # noqa: BLE001 - a failed object
+                    failures.append(exc)
+                n += 1
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while len(written) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r.kill(0)  # mid-run, with requests in flight on A
+    killed.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures, failures[:3]
+    assert len(written) == 60
+    fresh = efs()  # a new client, A still dead: straight through to B
+    for path, data in written:
+        assert fresh.cat_file(path) == data
+    r.start(0)  # back again
+
+
+def test_postgresql_restarted_under_load_loses_no_acknowledged_change(proc_replicas, postgres):
+    """Clients alternate replicas creating aliases (one committed change
+    each) while PostgreSQL is stopped like a crash (``-m immediate``) and
+    started again.  Every alias whose CreateAlias was acknowledged exists
+    afterwards, on both replicas; errors meanwhile are retryable ones."""
+    from botocore.config import Config
+
+    r = proc_replicas
+    admin = client(r.endpoint(0), r.p["admin"])
+    key = admin.create_key()["KeyMetadata"]["KeyId"]
+    acked: set[str] = set()
+    errors: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def load(n: int) -> None:
+        import boto3
+
+        kms = [boto3.client("kms", endpoint_url=e, region_name="us-east-1",
+                            aws_access_key_id=r.p["admin"].access_key_id,
+                            aws_secret_access_key=r.p["admin"].secret,
+                            config=Config(retries={"mode": "standard", "total_max_attempts": 8}))
+               for e in r.endpoints]
+        i = 0
+        while not stop.is_set():
+            name = f"alias/restart-{n}-{i}"
+            for attempt in range(20):  # the client's own retry loop, over both endpoints
+                try:
+                    kms[(i + attempt) % 2].create_alias(AliasName=name, TargetKeyId=key)
+                except ClientError as exc:
+                    code = exc.response["Error"]["Code"]
+                    if code == "AlreadyExistsException":
+                        # An earlier attempt (ours or botocore's) committed, its
+                        # answer lost with the connection: the change is there.
+                        break
+                    with lock:
+                        errors.append(code)
+                    time.sleep(0.2)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - connection errors: retried
+                    with lock:
+                        errors.append(type(exc).__name__)
+                    time.sleep(0.2)
+                    continue
+                break
+            else:
+                continue
+            with lock:
+                acked.add(name)
+            i += 1
+
+    threads = [threading.Thread(target=load, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    before = len(acked)
+    postgres.stop_server("immediate")
+    time.sleep(1.0)
+    postgres.start_server()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert before > 0 and len(acked) > before  # the load ran before and after the restart
+    assert set(errors) <= {"DependencyTimeoutException", "KMSInternalException"}, set(errors)
+    for endpoint in r.endpoints:
+        kms = client(endpoint, r.p["admin"])
+        names, marker = set(), None
+        while True:
+            page = kms.list_aliases(KeyId=key, **({"Marker": marker} if marker else {}))
+            names |= {a["AliasName"] for a in page["Aliases"]}
+            if not page.get("Truncated"):
+                break
+            marker = page["NextMarker"]
+        assert acked <= names, sorted(acked - names)[:5]
+    out = subprocess.run([*ENCFS, "audit", "--log", r.cfg.storage.get("url") or proc_url(r), "verify"],
+                         check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def proc_url(r: ProcReplicas) -> str:
+    text = r.config.read_text()
+    return text.split('url = "', 1)[1].split('"', 1)[0]
