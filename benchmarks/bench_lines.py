@@ -66,8 +66,8 @@ def main() -> int:
             for how, fn in (("for line in f", iterate), ("readline loop", readlines_loop)):
                 assert fn(plain_fs, f"{root}/plain.jsonl") == expect == fn(enc, f"{root}/enc.jsonl")
                 wall, cpu = interleaved_wall_cpu({
-                    "plain": lambda fn=fn: fn(plain_fs, f"{root}/plain.jsonl"),
-                    "enc": lambda fn=fn: fn(enc, f"{root}/enc.jsonl"),
+                    "plain": lambda fn=fn, fs=plain_fs, p=f"{root}/plain.jsonl": fn(fs, p),
+                    "enc": lambda fn=fn, fs=enc, p=f"{root}/enc.jsonl": fn(fs, p),
                 }, rounds)
                 ratio = cpu["enc"] / cpu["plain"]
                 rows.append([tname, how, f"{cpu['plain'] * 1000:.1f} ms", f"{cpu['enc'] * 1000:.1f} ms",
