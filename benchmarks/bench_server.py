@@ -5,8 +5,10 @@ light on purpose (botocore spends about a millisecond of CPU per request, so
 on 2 cores boto3 clients saturate the machine before a server does): an
 aiohttp client with 16 concurrent workers over keep-alive connections,
 sending requests SigV4-signed by botocore's signer shortly ahead of time
-(all within the server's five-minute window).  Measured per server:
-GenerateDataKey and Decrypt requests/s, p50/p99 latency, errors (must be 0).
+(all within the server's five-minute window).  Measured per server, in
+interleaved rounds keeping each server's best: GenerateDataKey and Decrypt
+requests/s, p50/p99 latency of that round, errors of all rounds (must be 0),
+and the server's CPU per request.
 Beside it, the same calls driven by 16 threads of boto3 clients, and the
 number of KMS requests encfs makes for 10,000 objects written with its
 data-key cache (the count comes from the key server's audit log).
@@ -14,8 +16,8 @@ data-key cache (the count comes from the key server's audit log).
 Targets (issue 12): with the light generator, >= 1,000 GenerateDataKey
 req/s with auditing on, p99 < 50 ms at 16 clients, >= 3x moto's throughput.
 
-    python benchmarks/bench_server.py            # 8 s per phase, 10,000 objects
-    python benchmarks/bench_server.py --quick    # 3 s per phase, 2,000 objects
+    python benchmarks/bench_server.py            # 4 rounds of 4 s per server and operation, 10,000 objects
+    python benchmarks/bench_server.py --quick    # 2 rounds of 2 s, 2,000 objects
     python benchmarks/bench_server.py --workers 2   # the key server with two worker processes
 """
 
@@ -269,9 +271,11 @@ def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=1, help="key server worker processes (default 1)")
     args = p.parse_args()
-    seconds = 3.0 if args.quick else 8.0
+    seconds = 2.0 if args.quick else 4.0
+    rounds = 2 if args.quick else 4
     n_objects = 2_000 if args.quick else 10_000
-    report = Report("server", params={"clients": CLIENTS, "seconds_per_phase": seconds, "objects": n_objects,
+    report = Report("server", params={"clients": CLIENTS, "seconds_per_phase": seconds, "rounds": rounds,
+                                      "objects": n_objects,
                                       "workers": args.workers,
                                       "load_avg_at_start": os.getloadavg()[0]})
     ctx = {"dataset": "bench"}
@@ -293,13 +297,23 @@ def main() -> int:
                 "key": key.encode(),
             }
             light_load(srv, "GenerateDataKey", bodies[srv["name"]]["GenerateDataKey"], 1.0, 500)  # warm up
+        # Interleaved rounds (ours, moto, ours, moto, ...), the best round of
+        # each kept (benchmarks/README.md, "Method"): a burst of other jobs'
+        # load then costs one round of each server, not a whole server's figure.
+        errors: dict[tuple[str, str], int] = {}
         for op in ("GenerateDataKey", "Decrypt"):
-            for srv in (ours, moto):
-                r = light_load(srv, op, bodies[srv["name"]][op], seconds, 3000 if srv is ours else 800)
-                results[(srv["name"], op)] = r
-                print(f"  {srv['name']:12s} {op:16s} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                      f"p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}  server CPU {r['server_cpu_us']:5.0f} us/req",
-                      flush=True)
+            for rnd in range(rounds):
+                for srv in (ours, moto):
+                    r = light_load(srv, op, bodies[srv["name"]][op], seconds, 3000 if srv is ours else 800)
+                    k = (srv["name"], op)
+                    errors[k] = errors.get(k, 0) + r["errors"]
+                    if k not in results or r["rps"] > results[k]["rps"]:
+                        results[k] = r
+                    print(f"  round {rnd + 1} {srv['name']:12s} {op:16s} {r['rps']:8.0f} req/s  "
+                          f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}  "
+                          f"server CPU {r['server_cpu_us']:5.0f} us/req  load {os.getloadavg()[0]:.1f}", flush=True)
+        for k, n in errors.items():
+            results[k]["errors"] = n  # every round's errors count, not only the best round's
         for srv in (ours, moto):
             key = bodies[srv["name"]]["key"].decode()
             boto[srv["name"]] = boto3_load(
