@@ -10,6 +10,7 @@ exactly the oracle's: Python slicing of the plaintext.
 
 from __future__ import annotations
 
+import io
 import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -190,3 +191,53 @@ def test_concurrent_range_reads_match_oracle(memfs, encfs_home, prefetching, mod
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(read_file, range(16)))
+
+
+line_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("readline"), st.one_of(st.just(-1), st.integers(0, 3000))),
+        st.tuples(st.just("iterate"), st.integers(0, 40)),  # take up to n lines from ``for line in f``
+        st.tuples(st.just("seek"), st.integers(0, 9000)),
+        st.tuples(st.just("read"), st.integers(0, 2500)),
+        st.tuples(st.just("tell"), st.just(0)),
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@SETTINGS
+@given(lines=st.lists(st.integers(0, 2500), max_size=12), tail=st.booleans(), ops=line_ops,
+       ranged=st.sampled_from([False, True, "prefetch"]))
+def test_random_line_reads(memfs, encfs_home, prefetching, lines, tail, ops, ranged) -> None:
+    """readline, ``for line in f`` (stopped early), seek, read and tell in
+    any order agree with io.BytesIO: lines longer than the line window, a
+    last line without a newline, seeks in the middle of an iteration."""
+    rnd = random.Random(len(lines) * 7919 + sum(lines))
+    data = b"".join(bytes(rnd.choice(b"abcxyz") for _ in range(n)) + b"\n" for n in lines)
+    if tail:
+        data += b"no newline at the end"
+    efs = _efs(memfs, encfs_home, 1024, ranged, prefetching)
+    with _Ranged(bool(ranged)):
+        efs.pipe_file("/h/lines.txt", data)
+        oracle = io.BytesIO(data)
+        with efs.open("/h/lines.txt", "rb") as f:
+            for op, arg in ops:
+                if op == "readline":
+                    assert f.readline(arg) == oracle.readline(arg)
+                elif op == "iterate":
+                    got, want = [], []
+                    for line in f:
+                        got.append(line)
+                        if len(got) >= arg:
+                            break
+                    for line in oracle:
+                        want.append(line)
+                        if len(want) >= arg:
+                            break
+                    assert got == want
+                elif op == "seek":
+                    assert f.seek(arg) == oracle.seek(arg)
+                elif op == "read":
+                    assert f.read(arg) == oracle.read(arg)
+                assert f.tell() == oracle.tell()
