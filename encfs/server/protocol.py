@@ -99,7 +99,7 @@ def parse_input(operation: str, body: bytes) -> dict[str, Any]:
     """The request body of ``operation`` as validated Python values."""
     spec = _input_spec(operation)
     try:
-        data = json.loads(body) if body.strip() else {}
+        data = json.loads(body.decode("utf-8")) if body.strip() else {}  # (str: json skips sniffing)
     except (UnicodeDecodeError, ValueError):
         raise KMSError("SerializationException", "the request body is not valid JSON") from None
     if not isinstance(data, dict):

@@ -18,9 +18,8 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from filelock import BaseFileLock, Timeout
@@ -321,36 +320,63 @@ class SQLiteStorage(Storage):
                 self._lockfile.release()
                 self._lockfile = None
 
-    @asynccontextmanager
-    async def transaction(self, *, write: bool = False) -> AsyncIterator[Transaction]:
-        async with self._lock:
-            db = self._db
+    def transaction(self, *, write: bool = False) -> _Transaction:
+        return _Transaction(self, write)
+
+
+class _Transaction:
+    """One transaction (a class, not @asynccontextmanager: this runs twice
+    per request, and the generator machinery costs more than the reads).
+
+    A read needs no BEGIN in a single process: it is the only writer (the
+    lock file), every write runs under the same asyncio lock, and no
+    statement awaits, so nothing can change between the reads.  Worker
+    processes (``shared``) read in a BEGIN ... COMMIT snapshot, as others may
+    commit meanwhile.  Writes are BEGIN IMMEDIATE ... COMMIT (ROLLBACK on any
+    exception)."""
+
+    __slots__ = ("began", "db", "storage", "write")
+
+    def __init__(self, storage: SQLiteStorage, write: bool) -> None:
+        self.storage = storage
+        self.write = write
+        self.db: sqlite3.Connection | None = None
+        self.began = False
+
+    async def __aenter__(self) -> Transaction:
+        await self.storage._lock.acquire()
+        try:
+            db = self.storage._db
             if db is None:
                 raise StorageError("storage is closed")
-            if not write and not self.shared:
-                # A read needs no BEGIN: this process is the only writer (the
-                # lock file), every write runs under the same lock, and no
-                # statement awaits, so nothing can change between the reads.
-                yield _Tx(db)
-                return
-            if not write:  # a snapshot: other worker processes may commit meanwhile
-                db.execute("BEGIN")
+            if self.write:
                 try:
-                    yield _Tx(db)
-                finally:
-                    db.execute("COMMIT")
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    raise StorageError(f"storage unavailable: {exc}") from exc
+                self.began = True
+            elif self.storage.shared:
+                db.execute("BEGIN")
+                self.began = True
+        except BaseException:
+            self.storage._lock.release()
+            raise
+        self.db = db
+        return _Tx(db)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        db = self.db
+        try:
+            if not self.began or db is None:
                 return
-            try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StorageError(f"storage unavailable: {exc}") from exc
-            try:
-                yield _Tx(db)
-            except BaseException:
+            if exc_type is not None:
                 db.execute("ROLLBACK")
-                raise
+                return
             try:
                 db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except sqlite3.Error as err:
                 db.execute("ROLLBACK")
-                raise StorageError(f"commit failed: {exc}") from exc
+                raise StorageError(f"commit failed: {err}") from err
+        finally:
+            self.storage._lock.release()
