@@ -89,9 +89,8 @@ def column_ratio(plain: bytes, needs: list[int], segment_size: int, keystore: st
     """Bytes fetched per column read, as ratios to what each column needs."""
     import pyarrow.parquet as pq
 
-    from encfs import EncryptedFileSystem
-
     import encfs.file
+    from encfs import EncryptedFileSystem
 
     target = CountingMemory()
     efs = EncryptedFileSystem(fs=target, keystore=keystore, segment_size=segment_size, skip_instance_cache=True)
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {**rows[s], **speed.get(s, {})}
         report.rows.append(row)
         mark = " (default)" if s == DEFAULT_SEGMENT else ""
-        out.append([f"{s // KiB} KiB{mark}", row["ratio_max"], row["ratio_mean"], row["requests"],
+        out.append([f"{s // KiB} KiB{mark}", f"{row['ratio_max']:.3f}", f"{row['ratio_mean']:.3f}", row["requests"],
                     row.get("write MiB/s", "-"), row.get("read MiB/s", "-"),
                     f"{row['read vs raw']:.2f}x" if "read vs raw" in row else "-"])
     print(table(["segment", "bytes fetched / needed (worst column)", "mean", "requests per read",

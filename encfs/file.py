@@ -32,18 +32,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from fsspec.spec import AbstractBufferedFile
 
 from .errors import FormatError, IntegrityError
-from .format.header import FIXED_BYTES, MAGIC
 from .format import (
     COMPACT_MAX_BODY,
+    DEFAULT_SEGMENT,
     HEADER_REGION,
     OBJECT_ID_BYTES,
     PATH_KEY,
     TAG_BYTES,
     Header,
     HeaderPlan,
-    WrappedKey,
     SegmentAuthError,
     SegmentCipher,
+    WrappedKey,
     covering_segments,
     derive_object_keys,
     parse_header,
@@ -51,6 +51,7 @@ from .format import (
     segment_count,
     segment_offset,
 )
+from .format.header import FIXED_BYTES, MAGIC
 from .readahead import READ_AHEAD_REQUESTS, SPLIT_MIN, Readahead
 from .targets import Sink
 
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 SMALL_OBJECT = 1024 * 1024
 #: Opening without a known size first asks for this many bytes (the header
 #: and one default-size segment): a shorter answer is the whole object.
-PROBE_BYTES = 4096 + 64 * 1024 + 16
+PROBE_BYTES = HEADER_REGION + DEFAULT_SEGMENT + TAG_BYTES
 #: Largest read (plaintext bytes) decrypted in place through the reader's
 #: scratch buffer on local and memory targets; larger reads are joined.
 SCRATCH_MAX = 8 * 1024 * 1024

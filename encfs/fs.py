@@ -126,7 +126,7 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
         Extra encryption context (str → str) bound into every header and
         sent to key services.
     segment_size:
-        Plaintext bytes per authenticated segment (default 64 KiB).
+        Plaintext bytes per authenticated segment (default 32 KiB, docs/FORMAT.md section 8).
         Listings compute plaintext sizes with it, so readers should use the
         writers' value.
     keystore:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from encfs.format import HEADER_REGION, MAGIC, parse_header
+from encfs.format import DEFAULT_SEGMENT, HEADER_REGION, MAGIC, parse_header
 
 
 def run(args: list[str], home: Path, cwd: Path, *, stdin: bytes | None = None) -> subprocess.CompletedProcess:
@@ -58,10 +58,10 @@ def tree(tmp_path: Path) -> Path:
     binary file and text with NUL and CRLF bytes."""
     src = tmp_path / "src"
     (src / "sub" / "deeper").mkdir(parents=True)
-    (src / "big.bin").write_bytes(os.urandom(300_000))  # five 64 KiB segments
+    (src / "big.bin").write_bytes(os.urandom(300_000))  # ten 32 KiB segments
     (src / "empty").write_bytes(b"")
     (src / "sub" / "notes.txt").write_bytes(b"hello\r\nworld\x00\xff secret-plaintext-marker\n")
-    (src / "sub" / "deeper" / "seg.bin").write_bytes(os.urandom(65536))  # exactly one segment
+    (src / "sub" / "deeper" / "seg.bin").write_bytes(os.urandom(DEFAULT_SEGMENT))  # exactly one segment
     return src
 
 
@@ -190,7 +190,7 @@ def test_info_shows_header_and_no_key_material(tmp_path: Path, encfs_home: Path,
     default_id = json.loads((encfs_home / "keystore.json").read_text())["aliases"]["default"]
     assert info["format_version"] == 1
     assert info["suite_name"] == header.suite_name
-    assert info["segment_size"] == 65536
+    assert info["segment_size"] == DEFAULT_SEGMENT
     assert info["object_id"] == header.object_id.hex()
     assert info["plaintext_size"] == 300_000 and info["encrypted_size"] == len(raw)
     assert info["wrapped_keys"] == [{"uri": f"local://{default_id}", "provider": "local",
@@ -236,7 +236,7 @@ def test_verify_passes_then_names_the_tampered_object(tmp_path: Path, encfs_home
 
     victim = tmp_path / "enc" / "big.bin"
     data = bytearray(victim.read_bytes())
-    data[HEADER_REGION + 3 * (65536 + 16) + 100] ^= 0x01  # one bit in the fourth segment
+    data[HEADER_REGION + 3 * (DEFAULT_SEGMENT + 16) + 100] ^= 0x01  # one bit in the fourth segment
     victim.write_bytes(bytes(data))
     proc = run(["verify", "enc"], encfs_home, tmp_path)
     out = proc.stdout.decode()

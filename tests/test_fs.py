@@ -22,7 +22,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from encfs import EncryptedFileSystem
 from encfs.errors import FormatError, IntegrityError
 from encfs.file import PROBE_BYTES, SMALL_OBJECT
-from encfs.format import HEADER_REGION, MAGIC, covering_segments, segment_offset
+from encfs.format import DEFAULT_SEGMENT, HEADER_REGION, MAGIC, covering_segments, segment_offset
 from encfs.sinks import TEMP_MARK, LocalSink
 
 SEG = 1024  # small segments: many-segment objects stay small and fast
@@ -719,9 +719,10 @@ def test_copying_a_plaintext_file_is_refused(efs_mem, memfs):
     assert not memfs.exists("/copy.txt")
 
 
-@pytest.mark.parametrize("size", [0, 1, 64 * 1024 - 1, 64 * 1024, 64 * 1024 + 1, 2 * 64 * 1024, 16 * 64 * 1024 + 5])
+@pytest.mark.parametrize("size", [0, 1, DEFAULT_SEGMENT - 1, DEFAULT_SEGMENT, DEFAULT_SEGMENT + 1, 2 * DEFAULT_SEGMENT,
+                                  16 * DEFAULT_SEGMENT + 5])
 def test_open_probe_boundaries(efs_mem, efs_local, size):
-    """The opening probe (header + one 64 KiB segment) is exact at its edges:
+    """The opening probe (header + one default segment) is exact at its edges:
     an object exactly as long as the probe, or one byte longer, reads right."""
     data = os.urandom(size)
     local, root = efs_local

@@ -20,7 +20,7 @@ from fsspec.tests.abstract import (
 
 from encfs import EncryptedFileSystem
 from encfs.errors import IntegrityError
-from encfs.format import HEADER_REGION, MAGIC, TAG_BYTES
+from encfs.format import DEFAULT_SEGMENT, HEADER_REGION, MAGIC, TAG_BYTES
 from encfs.targets.s3 import IN_FLIGHT
 
 try:
@@ -28,7 +28,7 @@ try:
 except ImportError:  # tests/ is not a package
     from _servers import unique
 
-SEG = 64 * 1024
+SEG = DEFAULT_SEGMENT  # the filesystems below use the default
 STRIDE = SEG + TAG_BYTES
 MiB = 1024 * 1024
 

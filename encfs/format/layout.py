@@ -21,7 +21,9 @@ TAG_BYTES = 16
 HEADER_REGION = 4096
 MIN_SEGMENT = 1024
 MAX_SEGMENT = 64 * 1024 * 1024
-DEFAULT_SEGMENT = 64 * 1024
+#: 32 KiB: the largest size that keeps a Parquet column read within 1.10x of
+#: the column's bytes (FORMAT.md section 8, benchmarks/bench_parquet_columns.py).
+DEFAULT_SEGMENT = 32 * 1024
 
 #: The smallest v1.0 object (a 4096-byte region and one empty segment).
 #: Every ciphertext size below it is free for the compact layout.
