@@ -19,6 +19,7 @@ req/s with auditing on, p99 < 50 ms at 16 clients, >= 3x moto's throughput.
     python benchmarks/bench_server.py            # 4 rounds of 4 s per server and operation, 10,000 objects
     python benchmarks/bench_server.py --quick    # 2 rounds of 2 s, 2,000 objects
     python benchmarks/bench_server.py --workers 2   # the key server with two worker processes
+    python benchmarks/bench_server.py --ha       # 2 PostgreSQL replicas vs 1 SQLite server (bench_server_ha.py)
 """
 
 from __future__ import annotations
@@ -270,7 +271,13 @@ def kms_requests_per_objects(srv: dict[str, Any], scratch: Path, n_objects: int)
 def main() -> int:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=1, help="key server worker processes (default 1)")
+    p.add_argument("--ha", action="store_true",
+                   help="two replicas on one PostgreSQL against one SQLite server (bench_server_ha.py)")
     args = p.parse_args()
+    if args.ha:
+        from bench_server_ha import run_ha
+
+        return run_ha(args)
     seconds = 2.0 if args.quick else 4.0
     rounds = 2 if args.quick else 4
     n_objects = 2_000 if args.quick else 10_000

@@ -9,8 +9,12 @@ the shared audit trail (:mod:`encfs.server.audit_pg`).
 Transactions (psycopg 3, an async connection pool, autocommit connections
 with explicit ``BEGIN``):
 
-- reads: ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY``: one snapshot
-  for the request, so it never sees half of another replica's change;
+- reads: autocommit statements, each seeing every change committed before
+  it (no BEGIN/COMMIT: they would double a request's round trips).  Every
+  change commits atomically, and a request is refused as soon as any of its
+  reads says no (key gone or disabled, grant gone, version gone), so a read
+  racing a change is answered as if it came just before the change or just
+  after it, or refused; it never uses something no committed state allowed;
 - writes: ``BEGIN`` (READ COMMITTED) and ``SELECT ... FOR UPDATE`` on the key
   row the service reads before changing it (``for_update=True``), so two
   administrative calls on two replicas serialise on that row and the second
@@ -24,9 +28,10 @@ to the next request on every replica (docs/SERVER.md, "High availability").
 
 Connection loss (PostgreSQL restarted, a failover) surfaces as
 :class:`StorageUnavailable`, which the server answers with a retryable
-``DependencyTimeoutException`` (HTTP 503, retried by AWS SDKs).  A
-connection found broken at ``BEGIN`` is replaced and the request retried at
-once, as nothing has run on it yet.
+``DependencyTimeoutException`` (HTTP 503, retried by AWS SDKs and encfs's
+aws-kms provider); the pool drops the broken connection.  A write whose
+connection is found broken at ``BEGIN`` is retried at once on another, as
+nothing has run on it yet.
 
 The database password never comes from the config: libpq reads
 ``PGPASSWORD`` or ``PGPASSFILE`` (or use peer/certificate authentication).
@@ -394,14 +399,20 @@ class PostgresStorage(Storage):
     async def transaction(self, *, write: bool = False) -> AsyncIterator[Transaction]:
         import psycopg
 
-        begin = "BEGIN" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        if not write:
+            # Reads run in autocommit: each statement sees every change
+            # committed before it (BEGIN/COMMIT would double a request's
+            # round trips; see the module docstring for why that is safe).
+            async with self.connection() as conn:
+                yield _Tx(conn, False)
+            return
         # A pooled connection may have died with a PostgreSQL restart: one
         # broken at BEGIN has run nothing, so take another (the pool drops
         # the broken one).  A bounded number of times: then give up.
         for attempt in range(self.max_size + 1):
             async with self.connection() as conn:
                 try:
-                    await conn.execute(begin)
+                    await conn.execute("BEGIN")
                 except psycopg.OperationalError as exc:
                     if attempt == self.max_size or not conn.closed:
                         raise StorageUnavailable(f"database unavailable: {_first_line(exc)}") from None
