@@ -441,6 +441,86 @@ def test_parse_fuzz_every_prefix_length() -> None:
             parse_header(_VALID_REGION[:n])
 
 
+# -- v1.1 (compact) headers: the same fuzz, plus the region field -----------------------
+
+
+def _compact(body: int, wrapped=None) -> tuple[bytes, object]:
+    dek, oid = os.urandom(32), os.urandom(32)
+    keys = derive_object_keys(dek, oid, SUITE)
+    region = encode_header(segment_size=1024, object_id=oid, context={"encfs:path": "bucket/a/b.json"}, keys=keys,
+                           wrapped_keys=wrapped or [_wk()], body=body)
+    return region, keys
+
+
+_LANE1, _LANE1_KEYS = _compact(100)
+_LANE2, _LANE2_KEYS = _compact(100, [_wk(key_id=f"lk-{i}") for i in range(6)])  # header > 496 bytes
+
+
+def test_compact_headers_parse_and_verify() -> None:
+    for region, keys, size in ((_LANE1, _LANE1_KEYS, 496), (_LANE2, _LANE2_KEYS, 1536)):
+        assert len(region) == size and region[4] == 0x11
+        h = parse_header(region + b"body bytes after the header")
+        h.verify(keys)
+        assert (h.version, h.minor, h.header_region, h.format_name) == (1, 1, size, "1.1")
+    assert parse_header(_VALID_REGION).format_name == "1.0"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["lane1", "lane2"]),
+       st.lists(st.tuples(st.integers(0, 1535), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(0, 1536 + 16))
+def test_parse_fuzz_mutated_compact_header(lane: str, edits: list[tuple[int, int]], cut: int) -> None:
+    """Mutations of real v1.1 headers: parse never crashes, and one that
+    parses and verifies left the authenticated part unchanged."""
+    valid, keys = (_LANE1, _LANE1_KEYS) if lane == "lane1" else (_LANE2, _LANE2_KEYS)
+    data = bytearray(valid + bytes(64))  # a body after it, as a reader sees a compact object
+    for pos, value in edits:
+        data[pos % len(valid)] = value
+    data = bytes(data[:cut])
+    try:
+        h = parse_header(data, "fuzz")
+    except ALLOWED_PARSE_ERRORS:
+        return
+    try:
+        h.verify(keys, "fuzz")
+    except IntegrityError:
+        return
+    assert h.mac_input + h.mac == valid[: len(h.mac_input) + 32]
+    assert h.header_region == len(valid)
+
+
+def test_compact_every_prefix_length_and_region_field() -> None:
+    for valid in (_LANE1, _LANE2):
+        for n in range(len(valid) + 1):
+            _parse_only_encfs_errors(valid[:n])
+        for n in range(FIXED_BYTES, len(valid)):
+            with pytest.raises(IntegrityError):
+                parse_header(valid[:n])
+        # The region length field: only the version's own sizes parse; the
+        # other compact size parses only if the bytes happen to fit, and then
+        # its MAC input differs (the field is authenticated).
+        for value in (0, 1, 48, 495, 497, 1535, 1537, 4095, 4096, 4097, 2**32 - 1):
+            bad = bytearray(valid + bytes(4096))
+            struct.pack_into(">I", bad, 8, value)
+            with pytest.raises(IntegrityError):
+                parse_header(bytes(bad))
+    # v1.0 <-> v1.1: the version byte admits only its own regions.
+    for valid, version in ((_LANE1, 0x01), (_VALID_REGION, 0x11)):
+        bad = bytearray(valid + bytes(4096))
+        bad[4] = version
+        with pytest.raises(IntegrityError):
+            parse_header(bytes(bad))
+    other = bytearray(_LANE1 + bytes(1536))
+    struct.pack_into(">I", other, 8, 1536)  # the other compact size: parses (zero padding), MAC fails
+    with pytest.raises(IntegrityError):
+        parse_header(bytes(other)).verify(_LANE1_KEYS)
+    for version in (0x02, 0x12, 0x21, 0x10, 0xFF):
+        bad = bytearray(_LANE1)
+        bad[4] = version
+        with pytest.raises(UnsupportedVersionError):
+            parse_header(bytes(bad))
+
+
 # -- commitment and whole-object helpers ----------------------------------------------
 
 
