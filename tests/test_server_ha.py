@@ -694,3 +694,22 @@ def test_postgresql_restarted_under_load_loses_no_acknowledged_change(proc_repli
 def proc_url(r: ProcReplicas) -> str:
     text = r.config.read_text()
     return text.split('url = "', 1)[1].split('"', 1)[0]
+
+
+def test_aws_kms_provider_moves_to_the_next_endpoint(moto_server):
+    """How encfs fails over without a load balancer: ``endpoint_url=[A, B]``."""
+    from encfs.errors import ConfigurationError
+    from encfs.providers.aws_kms import AwsKmsProvider
+    from encfs.providers.base import KeyRef
+
+    key = moto_server.boto3("kms").create_key()["KeyMetadata"]["Arn"]
+    dead = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    sleeps: list[float] = []
+    provider = AwsKmsProvider(region_name="us-east-1", endpoint_url=[dead, moto_server.endpoint],
+                              sleep=sleeps.append, connect_timeout=2)
+    dek, entry = provider.generate_data_key(KeyRef("aws-kms", key), {"a": "1"})
+    assert provider.unwrap(entry, {"a": "1"}) == dek
+    assert len(sleeps) == 1  # one failed attempt, then every call on the live endpoint
+    assert "endpoint_url=" in repr(provider)
+    with pytest.raises(ConfigurationError):
+        AwsKmsProvider(endpoint_url=["http://a", ""])
