@@ -32,5 +32,6 @@ fi
 # time; Python compiles what the tests import on first use.
 python -m pip install -q --disable-pip-version-check --no-compile "${pin[@]}" -e ".[test]" 2>&1 \
     | { grep -v "^WARNING: Location 'file:" || true; } >&2
+echo "tests/run.sh: installed in $SECONDS s; running pytest" >&2
 
 exec python -m pytest -q -p no:cacheprovider "$@"
