@@ -203,8 +203,7 @@ def light_load(srv: dict[str, Any], operation: str, body: bytes, seconds: float,
     except ModuleNotFoundError:
         result = asyncio.run(coro)
     else:
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            result = runner.run(coro)
+        result = uvloop.run(coro)
     # The server's own CPU per request does not depend on how many other
     # jobs share the machine the way requests/s does.
     result["server_cpu_us"] = (tree_cpu(srv["pid"]) - before) / max(result["requests"], 1) * 1e6

@@ -360,8 +360,7 @@ def _run_loop(coro: Any) -> Any:
         import uvloop
     except ModuleNotFoundError:
         return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
+    return uvloop.run(coro)
 
 
 def run(cfg: ServerConfig, *, on_ready: Callable[[str], None] | None = None) -> int:
