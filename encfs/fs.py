@@ -38,18 +38,29 @@ from .errors import (
     NotRegularFileError,
     UnsafePathError,
 )
-from .file import WHOLE_WRITE, EncryptedReadFile, EncryptedWriteFile, ObjectReader, read_header, write_whole
+from .file import (
+    SMALL_OBJECT,
+    WHOLE_WRITE,
+    EncryptedReadFile,
+    EncryptedWriteFile,
+    ObjectReader,
+    read_header,
+    write_whole,
+)
 from .format import (
     HEADER_REGION,
     PATH_KEY,
     check_segment_size,
+    covering_segments,
     encode_header,
     plaintext_size,
+    segment_offset,
 )
 from .format.context import RESERVED_PREFIX, encode_context
 from .format.layout import DEFAULT_SEGMENT
 from .keyring import Keyring
 from .paths import local_bound_path, unsafe_reason
+from .readahead import SPLIT_MIN
 from .targets import TEMP_MARK, Sink, TargetIO, target_io
 from .urls import PREFIX as FORM_PREFIX
 from .urls import TARGETS as FORM_TARGETS
@@ -430,13 +441,27 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
         )
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any) -> bytes:
+        if (self.io.concurrent and start is not None and end is not None and 0 <= start < end
+                and start >= SMALL_OBJECT and end - start <= SPLIT_MIN):
+            # A range of a large object: fetch its segments while the opening
+            # probe is on the wire (one round trip instead of two), placed as
+            # for a default object; the reader uses them only if the header
+            # agrees and authenticates them as usual (file.py, _fetch).
+            segs = covering_segments(start, end, self.segment_size)
+            lo = segment_offset(segs[0], self.segment_size, HEADER_REGION)
+            hi = segment_offset(segs[-1] + 1, self.segment_size, HEADER_REGION)
+            guess = (lo, hi, self.io.submit(self._target_path(path), lo, hi))
+            try:
+                return self.reader(path, _guess=guess).read_range(start, end)
+            finally:
+                guess[2].cancel()
         return self.reader(path).read_range(start, end)
 
-    def reader(self, path: str) -> ObjectReader:
+    def reader(self, path: str, _guess: Any = None) -> ObjectReader:
         """An authenticated random-access reader (public for tools and CLI)."""
         tpath = self._target_path(path)
         self._check_regular(tpath)
-        return ObjectReader(self, tpath)
+        return ObjectReader(self, tpath, guess=_guess)
 
     def header(self, path: str):
         """The parsed, unverified header of an object (one ranged read)."""

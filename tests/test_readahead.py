@@ -155,3 +155,32 @@ def test_s3_sequential_read_overlaps_ranged_gets(moto_server, s3, encfs_home):
         f.seek(3 * MiB + 17)
         assert f.read(100) == data[3 * MiB + 17 : 3 * MiB + 117]
         assert len(moto_server.requests("s3")) == 1
+
+
+def test_s3_ranged_cat_file_is_one_round_trip(moto_server, s3, encfs_home):
+    """cat_file(start, end) of a large object sends the range with the probe
+    (two concurrent GETs, one round trip); a wrong layout guess or a range
+    past the end is still read correctly."""
+    MiB = 1024 * 1024
+    efs = EncryptedFileSystem(fs=s3, keystore=str(encfs_home), skip_instance_cache=True)
+    data = os.urandom(3 * MiB + 5)
+    path = f"{s3.test_bucket}/ranged.bin"
+    efs.pipe_file(path, data)
+    moto_server.clear_log()
+    mid = 2 * MiB + 17
+    assert efs.cat_file(path, start=mid, end=mid + 100) == data[mid : mid + 100]
+    gets = moto_server.requests("s3", "GET")
+    assert len(gets) == 2 and {g.range.startswith("bytes=0-") for g in gets} == {True, False}
+    # another reader's segment size: the guess misses, the read does not
+    other = EncryptedFileSystem(fs=s3, keystore=str(encfs_home), segment_size=16 * 1024, skip_instance_cache=True)
+    moto_server.clear_log()
+    assert other.cat_file(path, start=mid, end=mid + 100) == data[mid : mid + 100]
+    assert len(moto_server.requests("s3", "GET")) == 3
+    assert efs.cat_file(path, start=len(data) + 10, end=len(data) + 20) == b""
+    assert efs.cat_file(path, start=len(data) - 10, end=len(data) + 20) == data[-10:]
+    # a tampered segment in the guessed range still fails
+    raw = bytearray(s3.cat_file(path))
+    raw[len(raw) // 2] ^= 1
+    s3.pipe_file(path, bytes(raw))
+    with pytest.raises(IntegrityError):
+        efs.cat_file(path, start=len(data) // 2 - 4096, end=len(data) // 2 - 4000)
