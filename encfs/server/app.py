@@ -288,6 +288,10 @@ class KeyServer:
         started = time.perf_counter()
         target = request.headers.get("X-Amz-Target", "")
         operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target or "-"
+        if not (operation.isascii() and operation.isprintable() and len(operation) <= 128):
+            # Unauthenticated input headed for the audit record and the log:
+            # non-UTF-8 header bytes arrive as lone surrogates.
+            operation = operation[:128].encode("ascii", "backslashreplace").decode("ascii")
         call: Call | None = None
         record: dict[str, Any] = {"time": now_iso(), "principal": "-", "action": operation, "request_id": rid,
                                   "source": request.remote}

@@ -32,6 +32,18 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
+def printable(value: Any) -> Any:
+    """``value`` with every string made UTF-8-encodable (unpaired surrogates
+    backslash-escaped), so a record always serialises."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    return value
+
+
 class AuditSink(ABC):
     @abstractmethod
     async def write(self, records: list[dict[str, Any]]) -> None:
@@ -124,7 +136,14 @@ class GroupCommitter:
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
             try:
-                await self.sink.write([r for r, _ in batch])
+                try:
+                    await self.sink.write([r for r, _ in batch])
+                except (ValueError, TypeError):
+                    # A record that cannot be serialised (a lone surrogate from a
+                    # header): raised before anything was written.  One bad
+                    # record must not cost its batch neighbours their records
+                    # (their changes may have landed): write them all escaped.
+                    await self.sink.write([printable(r) for r, _ in batch])
             except Exception as exc:  # noqa: BLE001 - handed to every waiting request
                 for _, fut in batch:
                     if not fut.done():

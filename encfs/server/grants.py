@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Mapping
 
-from .protocol import KMSError, validation
+from .protocol import KMSError, clean_text, validation
 from .storage import GrantRecord
 
 EQUALS = "EncryptionContextEquals"
@@ -88,8 +88,11 @@ def token_grant(token: str) -> tuple[str, str]:
     """(grant id, key id) named by a grant token (InvalidGrantTokenException)."""
     try:
         raw = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        return str(raw["g"]), str(raw["k"])
-    except (ValueError, KeyError, TypeError):
+        grant_id, key_id = str(raw["g"]), str(raw["k"])
+        if not (clean_text(grant_id) and clean_text(key_id)):  # (reaches storage and the audit record)
+            raise ValueError
+        return grant_id, key_id
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise KMSError("InvalidGrantTokenException", "The grant token is not valid.") from None
 
 

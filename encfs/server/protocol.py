@@ -14,6 +14,7 @@ import base64
 import binascii
 import functools
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,7 @@ class _Spec:
     min: int | None = None
     max: int | None = None
     enum: frozenset[str] | None = None
+    pattern: re.Pattern[str] | None = None
     members: dict[str, _Spec] = field(default_factory=dict)
     required: tuple[str, ...] = ()
     member: _Spec | None = None
@@ -75,7 +77,8 @@ def _compile(shape: Any, seen: dict[str, _Spec] | None = None) -> _Spec:
         return seen[shape.name]
     meta = shape.metadata
     spec = _Spec(kind=shape.type_name, min=meta.get("min"), max=meta.get("max"),
-                 enum=frozenset(shape.enum) if getattr(shape, "enum", None) else None)
+                 enum=frozenset(shape.enum) if getattr(shape, "enum", None) else None,
+                 pattern=_pattern(meta.get("pattern")))
     seen[shape.name] = spec
     if spec.kind == "structure":
         spec.members = {name: _compile(m, seen) for name, m in shape.members.items()}
@@ -85,6 +88,20 @@ def _compile(shape: Any, seen: dict[str, _Spec] | None = None) -> _Spec:
     elif spec.kind == "map":
         spec.key, spec.value = _compile(shape.key, seen), _compile(shape.value, seen)
     return spec
+
+
+def _pattern(text: str | None) -> re.Pattern[str] | None:
+    """A model ``pattern`` as Python reads it: searched, not implicitly
+    anchored (Smithy's rule), ``$`` only at the very end and ``\\w`` ASCII
+    (ECMAScript's), so a grantee ARN or grant name cannot carry a newline."""
+    if not text:
+        return None
+    if text.endswith("$") and not text.endswith("\\$"):
+        text = text[:-1] + r"\Z"
+    try:
+        return re.compile(text, re.ASCII)
+    except re.error:  # a pattern Python cannot read: not enforced
+        return None
 
 
 @functools.lru_cache(maxsize=128)
@@ -100,7 +117,7 @@ def parse_input(operation: str, body: bytes) -> dict[str, Any]:
     spec = _input_spec(operation)
     try:
         data = json.loads(body.decode("utf-8")) if body.strip() else {}  # (str: json skips sniffing)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # (deep nesting: RecursionError)
         raise KMSError("SerializationException", "the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise KMSError("SerializationException", "the request body must be a JSON object")
@@ -138,7 +155,16 @@ def _value(spec: _Spec, value: Any, where: str, errors: list[str]) -> Any:
         if not isinstance(value, str):
             errors.append(f"Value at '{where}' must be a string")
             return ""
+        if not clean_text(value):
+            # A lone surrogate (JSON "\\ud800") or NUL cannot be stored,
+            # audited (UTF-8) or kept in PostgreSQL text: refused here rather
+            # than failing later as an internal error, or after a change landed.
+            errors.append(f"Value at '{where}' must be Unicode text without NUL or unpaired surrogates")
+            return ""
         _length(spec, len(value), where, errors)
+        if spec.pattern is not None and not spec.pattern.search(value):
+            errors.append(f"Value at '{where}' failed to satisfy constraint: Member must satisfy regular "
+                          f"expression pattern: {spec.pattern.pattern}")
         if spec.enum is not None and value not in spec.enum:
             errors.append(f"Value '{value}' at '{where}' failed to satisfy constraint: Member must satisfy enum "
                           f"value set: [{', '.join(sorted(spec.enum))}]")
@@ -190,6 +216,18 @@ def _value(spec: _Spec, value: Any, where: str, errors: list[str]) -> Any:
             return False
         return value
     return value  # timestamps and doubles: not in any request we serve
+
+
+def clean_text(value: str) -> bool:
+    if "\x00" in value:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _length(spec: _Spec, n: int, where: str, errors: list[str]) -> None:

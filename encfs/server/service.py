@@ -491,8 +491,10 @@ class Service:
     async def _generate_data_key_without_plaintext(self, call: Call) -> dict[str, Any]:
         return await self._generate_data_key(call, plaintext=False)
 
-    async def _open_blob(self, tx: Transaction, call: Call, action: str, blob_bytes: bytes,
+    async def _open_blob(self, tx: Transaction, call: Call, action: str, blob_bytes: bytes | None,
                          ctx: Mapping[str, str], named: str | None) -> tuple[KeyRecord, bytes]:
+        if blob_bytes is None:  # optional in botocore's model (for Recipient), required here
+            raise validation("CiphertextBlob is required")
         blob = crypto.parse_blob(blob_bytes)
         if not _UUID.match(blob.key_id):
             raise crypto.invalid_ciphertext()
@@ -514,7 +516,7 @@ class Service:
             raise KMSError("UnsupportedOperationException", "Recipient (Nitro enclaves) is not supported")
         ctx = self._context(call)
         async with self.storage.transaction() as tx:
-            key, plain = await self._open_blob(tx, call, "Decrypt", call.params["CiphertextBlob"], ctx,
+            key, plain = await self._open_blob(tx, call, "Decrypt", call.params.get("CiphertextBlob"), ctx,
                                                call.params.get("KeyId"))
         self._dry_run(call)
         return {"KeyId": key.arn, "Plaintext": b64(plain), "EncryptionAlgorithm": "SYMMETRIC_DEFAULT"}
@@ -525,7 +527,7 @@ class Service:
         src_ctx = self._context(call, "SourceEncryptionContext")
         dst_ctx = self._context(call, "DestinationEncryptionContext")
         async with self.storage.transaction() as tx:
-            src, plain = await self._open_blob(tx, call, "ReEncryptFrom", call.params["CiphertextBlob"], src_ctx,
+            src, plain = await self._open_blob(tx, call, "ReEncryptFrom", call.params.get("CiphertextBlob"), src_ctx,
                                                call.params.get("SourceKeyId"))
             call.details["source_key"] = src.arn
             call.key_arn = None
@@ -694,7 +696,10 @@ class Service:
             me = call.caller.arn
             may = grant.retiring == me or (grant.grantee == me and "RetireGrant" in grant.operations)
             if not may:
-                await self._authorize(tx, call, key, "RetireGrant")
+                # Only the key policy may let a caller retire others' grants: a
+                # grant's RetireGrant lets its grantee retire that grant only
+                # (as KMS), not every grant on the key.
+                await self._authorize(tx, call, key, "RetireGrant", grant_check=lambda g: False)
             self._dry_run(call)
             await tx.delete_grant(grant_id)
         return {}
