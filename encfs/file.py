@@ -283,11 +283,23 @@ class ObjectReader:
         if not segs:
             return []
         if len(segs) == 1:
-            # One cached segment (a small object's read after open): no
-            # bookkeeping.  A single OrderedDict.get is atomic under the GIL.
-            hit = self._cache.get(segs[0])
+            # One segment (a small object's whole body, at open and at its
+            # read): no bookkeeping beyond the cache itself.  A single
+            # OrderedDict.get is atomic under the GIL.
+            i = segs[0]
+            hit = self._cache.get(i)
             if hit is not None:
                 return [hit]
+            if not ahead:
+                start, end = self._span(i, i + 1)
+                blob = self._fetch(start, end)
+                if len(blob) != end - start:
+                    raise IntegrityError(self.path)  # object changed size under us
+                plain = self._open_segment(i, blob)
+                del blob
+                with self._cache_lock:
+                    self._remember(i, plain)
+                return [plain]
         out = self._cached(segs)
         missing = [i for i in segs if i not in out]
         if missing:
