@@ -225,7 +225,7 @@ class ObjectReader:
         reused, so it stays in the CPU caches) and copying the range out
         once.  The scratch buffer is private: a segment that fails leaves
         its unauthenticated bytes there and nothing is returned."""
-        seg, stride, first, last = self.segment_size, self._stride, segs[0], segs[-1]
+        seg, first, last = self.segment_size, segs[0], segs[-1]
         need = len(segs) * seg
         if len(self._scratch) < need:
             self._scratch = bytearray(need)
@@ -247,15 +247,13 @@ class ObjectReader:
             if len(blob) != hi - lo:
                 raise IntegrityError(self.path)  # object changed size under us
             sealed = memoryview(blob)
-            for k in range(i, j + 1):
-                part = sealed[(k - i) * stride : (k - i + 1) * stride]
-                at = (k - first) * seg
-                try:
-                    self._cipher.open_into(k, part, k == self.nseg - 1, view[at : at + len(part) - TAG_BYTES])
-                except SegmentAuthError:
-                    raise IntegrityError(self.path) from None
-                if k == self.nseg - 1:
-                    self._final_ok = True
+            try:
+                self._cipher.open_run_into(i, sealed, view[(i - first) * seg : (j + 1 - first) * seg], seg,
+                                           self.nseg - 1)
+            except SegmentAuthError:
+                raise IntegrityError(self.path) from None
+            if j == self.nseg - 1:
+                self._final_ok = True
             del sealed, blob
             i = j + 1
         base = first * seg
