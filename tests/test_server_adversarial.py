@@ -344,6 +344,8 @@ BAD_INPUT = {
     "forged grant token with a surrogate": (
         "RetireGrant", {"GrantToken": base64.urlsafe_b64encode(b'{"g": "\\ud800", "k": "x"}').decode()},
         "InvalidGrantTokenException"),
+    "51 tags at creation": ("CreateKey", {"Tags": [{"TagKey": f"t{i}", "TagValue": "v"} for i in range(51)]},
+                            "TagException"),
     "unknown operation": ("DoEverything", {}, "UnknownOperationException"),
     "operation this server does not serve": ("Sign", {"KeyId": "k", "Message": "eA==",
                                                       "SigningAlgorithm": "RSASSA_PSS_SHA_256"},
@@ -966,3 +968,55 @@ def test_overload_is_throttling_and_the_health_endpoint_stays_quiet(srv):
         urllib.request.urlopen(urllib.request.Request(srv.endpoint + "/health", method="POST"), timeout=10)
     except urllib.error.HTTPError as exc:
         assert exc.code in (400, 404)
+
+
+# -- the same hostile input against PostgreSQL storage ------------------------------------------
+@pytest.fixture(scope="module")
+def pg_srv(tmp_path_factory, postgres):
+    """A server on PostgreSQL (whose text refuses NUL, whose integers are 32-bit)."""
+    pytest.importorskip("psycopg")
+    import uuid
+
+    data = tmp_path_factory.mktemp("kms-adv-pg")
+    cfg = make_config(data)
+    cfg.storage = {"type": "postgresql", "url": postgres.createdb("adv_" + uuid.uuid4().hex[:8])}
+    thread = ServerThread(cfg).start()
+    thread.cfg = cfg
+    thread.p = {p.name: p for p in cfg.principals}
+    thread.kms = {name: client(thread.endpoint, p) for name, p in thread.p.items()}
+    yield thread
+    thread.stop()
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_postgres_bad_input_gets_a_specific_400(pg_srv, case):
+    operation, params, wanted = BAD_INPUT[case]
+    status, body, _ = call(pg_srv, operation, params)
+    assert (status, body.get("__type")) == (400, wanted), body
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_postgres_fuzzed_bodies_and_blobs_never_cause_a_500(pg_srv, data):
+    from encfs.server.protocol import operation_model
+    from encfs.server.service import OPERATIONS
+
+    if not hasattr(pg_srv, "blob"):
+        key = pg_srv.kms["admin"].create_key()["KeyMetadata"]["KeyId"]
+        pg_srv.blob = pg_srv.kms["admin"].encrypt(KeyId=key, Plaintext=b"p")["CiphertextBlob"]
+    blob = pg_srv.blob
+    if not hasattr(pg_srv, "checked_version"):  # a version beyond PostgreSQL's 32-bit integer
+        n = 5 + blob[4]
+        huge = blob[:n] + b"\xff\xff\xff\xff" + blob[n + 4:]
+        status, out, _ = call(pg_srv, "Decrypt", {"CiphertextBlob": base64.b64encode(huge).decode()})
+        assert (status, out["__type"]) == (400, "InvalidCiphertextException"), out
+        pg_srv.checked_version = True
+    i = data.draw(st.integers(0, len(blob) - 1))
+    bad = blob[:i] + data.draw(st.binary(min_size=1, max_size=8)) + blob[i + 1:]
+    status, out, _ = call(pg_srv, "Decrypt", {"CiphertextBlob": base64.b64encode(bad).decode()})
+    assert status == 400 and out["__type"] in ("InvalidCiphertextException", "NotFoundException"), out
+    operation = data.draw(st.sampled_from(OPERATIONS))
+    members = sorted(operation_model(operation).input_shape.members)
+    body = data.draw(st.dictionaries(st.sampled_from(members), _json_values(), max_size=len(members)))
+    status, out, _ = call(pg_srv, operation, body)
+    assert status in (200, 400), out

@@ -240,6 +240,8 @@ class Service:
         policy.check_policy(text)
         self._check_lockout(call, text, arn)
         tags = _tags(p.get("Tags") or [])
+        if len(tags) > 50:  # as TagResource
+            raise KMSError("TagException", "a key holds at most 50 tags")
         key = KeyRecord(key_id=key_id, arn=arn, created=self.clock(), policy=text, creator=call.caller.arn,
                         description=p.get("Description", ""), tags=tags)
         call.key_arn = arn
