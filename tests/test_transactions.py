@@ -14,10 +14,16 @@ def _raw_files(root) -> list[str]:
     return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
 
 
-@pytest.fixture(params=["memory", "local"])
-def efs_and_root(request, efs_mem, efs_local):
+@pytest.fixture(params=["memory", "local", "s3"])
+def efs_and_root(request, efs_mem, efs_local, encfs_home):
     if request.param == "memory":
         return efs_mem, "/tx"
+    if request.param == "s3":
+        # Multipart parts of 8 MiB uploading concurrently (the "huge" write below).
+        from encfs import EncryptedFileSystem
+
+        s3 = request.getfixturevalue("s3")
+        return EncryptedFileSystem(fs=s3, keystore=str(encfs_home), skip_instance_cache=True), f"{s3.test_bucket}/tx"
     efs, root = efs_local
     return efs, str(root)
 
@@ -52,9 +58,18 @@ def test_exception_leaves_nothing(efs_and_root):
         efs.cp_file(f"{root}/existing", f"{root}/copy")
         with efs.open(f"{root}/big", "wb") as f:
             f.write(os.urandom(300_000))
+        with efs.open(f"{root}/huge", "wb") as f:  # several concurrent parts on S3
+            for _ in range(5):
+                f.write(os.urandom(4 * 1024 * 1024))
         raise RuntimeError("abort")
     assert sorted(os.path.basename(p) for p in efs.find(root)) == ["existing"]
     assert efs.cat_file(f"{root}/existing") == b"old"
+    if hasattr(efs.fs, "test_bucket"):  # no multipart upload left behind
+        import boto3
+
+        client = boto3.client("s3", region_name="us-east-1",
+                              endpoint_url=efs.fs.client_kwargs["endpoint_url"])
+        assert not client.list_multipart_uploads(Bucket=efs.fs.test_bucket).get("Uploads")
 
 
 def test_no_temp_files_left_after_transactions(efs_local):
