@@ -219,6 +219,16 @@ class ObjectReader:
             self._final_ok = True
         return plain
 
+    def _ahead_segment(self, index: int, sealed: bytes | memoryview) -> bytes | None:
+        """A segment read ahead of the caller's range: its plaintext, or None
+        when it fails authentication.  It is then neither kept nor
+        reported: the read that needs it fetches it again and fails there,
+        so damage further on never fails the reads before it."""
+        try:
+            return self._open_segment(index, sealed)
+        except IntegrityError:
+            return None
+
     def _read_into(self, start: int, end: int, segs: range) -> bytes:
         """:meth:`read` of several segments from a local or in-memory target,
         decrypting in place into the reader's scratch buffer (one buffer,
@@ -309,9 +319,15 @@ class ObjectReader:
             if len(blob) != end - start:
                 raise IntegrityError(self.path)  # object changed size under us
             view = memoryview(blob)
-            stride = self._stride
+            stride, need = self._stride, segs[-1]
             for j, i in enumerate(range(lo, hi + 1)):
-                out[i] = self._open_segment(i, view[j * stride : (j + 1) * stride])
+                sealed = view[j * stride : (j + 1) * stride]
+                if i <= need:
+                    out[i] = self._open_segment(i, sealed)
+                else:
+                    plain = self._ahead_segment(i, sealed)
+                    if plain is not None:
+                        out[i] = plain
             del view, blob
             # Keep the boundary segments (the next read often starts there),
             # the readahead ones, and the final one.
@@ -354,10 +370,10 @@ class ObjectReader:
                 for i in range(max(first, missing[0]), stop):
                     if i in out:
                         continue
-                    plain = self._open_segment(i, view[(i - first) * stride : (i - first + 1) * stride])
+                    sealed = view[(i - first) * stride : (i - first + 1) * stride]
                     if i <= last:
-                        out[i] = plain
-                    else:
+                        out[i] = self._open_segment(i, sealed)
+                    elif (plain := self._ahead_segment(i, sealed)) is not None:
                         extra.append((i, plain))  # read ahead: kept for the next read
                 del view, data
                 with self._cache_lock:

@@ -278,8 +278,36 @@ def _read_body(fs: S3FileSystem, resp: dict[str, Any]) -> bytes:
     return asyncio.run_coroutine_threadsafe(read(), fs.loop).result()
 
 
+def _past_the_end(exc: BaseException) -> bool:
+    """Is ``exc`` s3fs's translation of S3's 416 InvalidRange (a range that
+    starts at or past the object's end)?"""
+    response = getattr(exc.__cause__, "response", None) or {}
+    return response.get("Error", {}).get("Code") == "InvalidRange"
+
+
 class S3IO(AsyncTargetIO):
     """Reads and writes of one s3fs target."""
+
+    # A range past the end means the object is shorter than the reader was
+    # told (it changed since the probe, or the server lied about its size):
+    # answered as the empty answer it is, so the reader's length check
+    # reports it as IntegrityError like any other short answer, not as an
+    # OSError "range not satisfiable".
+    def fetch(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+        try:
+            return super().fetch(path, start, end)
+        except OSError as exc:
+            if start is None or not _past_the_end(exc):
+                raise
+            return b""
+
+    async def _fetch_coro(self, path: str, start: int, end: int) -> Any:
+        try:
+            return await super()._fetch_coro(path, start, end)
+        except OSError as exc:
+            if not _past_the_end(exc):
+                raise
+            return b""
 
     def probe(self, path: str, nbytes: int) -> tuple[bytes | None, int | None]:
         """One ranged GET: the first ``nbytes`` and, from its Content-Range

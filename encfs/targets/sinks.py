@@ -23,6 +23,7 @@ import io
 import os
 import secrets
 import tempfile
+import threading
 
 from fsspec import AbstractFileSystem
 
@@ -90,6 +91,12 @@ class LocalSink(Sink):
         self.done = True
 
 
+#: Serializes commits of BufferSinks: a memory target lives in this
+#: process, so the check and the store of a create-only (``xb``) write are
+#: atomic under it (two racing ``xb`` writers both stored before).
+_BUFFER_COMMIT = threading.Lock()
+
+
 class BufferSink(Sink):
     """Collect in memory, store in one step (for in-memory targets)."""
 
@@ -101,8 +108,9 @@ class BufferSink(Sink):
         self.buf.write(data)
 
     def commit(self) -> None:
-        self._check_exclusive()
-        self.fs.pipe_file(self.path, self.buf.getvalue())
+        with _BUFFER_COMMIT:
+            self._check_exclusive()
+            self.fs.pipe_file(self.path, self.buf.getvalue())
         self.buf = io.BytesIO()
         self.done = True
 
