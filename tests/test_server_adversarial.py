@@ -239,6 +239,14 @@ def test_the_time_window_edges_are_accepted(srv):
         assert call(srv, "ListKeys", LIST, when=_now(seconds=delta))[0] == 200
 
 
+def test_the_five_minute_window_is_inclusive_to_the_second(srv):
+    t0 = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
+    with mock.patch.object(srv.server.verifier, "clock", lambda: t0.timestamp()):
+        got = {delta: call(srv, "ListKeys", LIST, when=t0 + timedelta(seconds=delta))[1].get("__type")
+               for delta in (-301, -300, 300, 301)}
+    assert got == {-301: "InvalidSignatureException", -300: None, 300: None, 301: "InvalidSignatureException"}
+
+
 def test_body_swapped_for_another_signed_body(srv):
     """A valid signature of one body does not carry another (nor an appended byte)."""
     key = new_key(srv)
