@@ -694,6 +694,27 @@ def test_put_key_policy_lockout_safety(srv):
     srv.kms["alice"].describe_key(KeyId=key)
 
 
+INERT_STATEMENTS = {  # each was accepted and then matched nothing: a Deny silently inert
+    "bare ARN principal": {"Principal": arn("alice")},
+    "principal list": {"Principal": [arn("alice")]},
+    "empty principal object": {"Principal": {}},
+    "principal object of objects": {"Principal": {"AWS": {"arn": arn("alice")}}},
+    "action a number": {"Action": 5},
+    "empty action list": {"Action": []},
+    "resource an object": {"Resource": {"key": "*"}},
+    "condition value an object": {"Condition": {"StringEquals": {"kms:EncryptionContext:c": {"v": "secret"}}}},
+    "Principal and NotPrincipal": {"NotPrincipal": {"AWS": arn("bob")}},
+    "Action and NotAction": {"NotAction": "kms:Encrypt"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(INERT_STATEMENTS))
+def test_a_deny_that_would_match_nothing_is_refused(srv, case):
+    deny = {"Effect": "Deny", "Principal": {"AWS": arn("alice")}, "Action": "kms:Decrypt", "Resource": "*",
+            **INERT_STATEMENTS[case]}
+    assert code(lambda: srv.kms["admin"].create_key(Policy=policy(deny))) == "MalformedPolicyDocumentException"
+
+
 def test_malformed_policy_documents_are_refused_not_500(srv):
     for text in ("[" * 10000 + "]" * 10000, '{"Statement": "x"}', '{"Statement": [{"Effect": "Allow"}]}',
                  json.dumps({"Statement": [{**ADMIN_STMT, "Condition": {"NumericLessThan": {"a": 1}}}]}),

@@ -241,10 +241,21 @@ def check_policy(text: str) -> dict[str, Any]:
             raise bad("each statement is an object")
         if stmt.get("Effect") not in ("Allow", "Deny"):
             raise bad("Effect must be Allow or Deny")
+        # Shapes are checked so that no statement (a Deny above all) is
+        # silently inert: evaluation reads anything else as matching nothing.
+        for pair in (("Principal", "NotPrincipal"), ("Action", "NotAction"), ("Resource", "NotResource")):
+            if all(name in stmt for name in pair):
+                raise bad(f"a statement has {pair[0]} or {pair[1]}, not both")
         if not ({"Principal", "NotPrincipal"} & stmt.keys()):
             raise bad("a statement needs a Principal")
         if not ({"Action", "NotAction"} & stmt.keys()):
             raise bad("a statement needs an Action")
+        who = stmt.get("Principal", stmt.get("NotPrincipal"))
+        if who != "*" and not (isinstance(who, dict) and who and all(_strings(v) for v in who.values())):
+            raise bad('Principal is "*" or an object such as {"AWS": "<arn>" or ["<arn>", ...]}')
+        for name in ("Action", "NotAction", "Resource", "NotResource"):
+            if name in stmt and not _strings(stmt[name]):
+                raise bad(f"{name} is a string or a non-empty list of strings")
         cond = stmt.get("Condition") or {}
         if not isinstance(cond, dict):
             raise bad("Condition must be an object")
@@ -255,8 +266,16 @@ def check_policy(text: str) -> dict[str, Any]:
                 raise bad(f"condition operator {op} is not supported by this server")
             if not isinstance(pairs, dict):
                 raise bad(f"condition {op} must map keys to values")
-            for key in pairs:
+            for key, value in pairs.items():
                 if qualifier and key.lower().startswith("kms:encryptioncontext:"):
                     raise bad(f"{key} is single-valued: {qualifier} cannot be used with it")
+                if not _strings(value, scalars=(str, bool, int, float)):
+                    raise bad(f"the value of {key} in {op} is a string or a non-empty list of strings")
     return doc
+
+
+def _strings(value: Any, scalars: tuple[type, ...] = (str,)) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(v, scalars) for v in value)
+    return isinstance(value, scalars)
 
