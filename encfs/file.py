@@ -2,11 +2,11 @@
 by streaming segments into an atomic sink.
 
 Reading (FORMAT.md section 7): opening reads the header region, unwraps the
-data key, checks the key commitment, the header MAC and the bound path, and
-authenticates the final segment (so a truncated object fails at once and the
-plaintext size is proven).  A read of ``[a, b)`` then fetches exactly the
-covering segments in one ranged request and releases nothing before each
-segment's tag has verified.
+data key, checks the key commitment, the header MAC and the bound path; the
+final segment is authenticated by the first read that reaches the end of the
+object (which proves the plaintext size), or at open when the probe brought
+the whole object.  A read of ``[a, b)`` fetches the covering segments in one
+ranged request and releases nothing before each segment's tag has verified.
 
 Writing: plaintext is cut into segments as it arrives; only the bytes of one
 unfinished segment are held in memory.  The header goes first (it depends on
@@ -58,7 +58,8 @@ from .targets import Sink
 if TYPE_CHECKING:
     from .fs import EncryptedFileSystem
 
-#: Objects at most this large (ciphertext) are fetched whole at open.
+#: Objects at most this large (ciphertext) are fetched whole by the first
+#: read beyond the probe, then held.
 SMALL_OBJECT = 1024 * 1024
 #: Opening without a known size first asks for this many bytes (the header
 #: and one default-size segment): a shorter answer is the whole object.

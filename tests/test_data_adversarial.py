@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import encfs.file
+import encfs.fs
 from encfs import EncryptedFileSystem
 from encfs.errors import IntegrityError
 from encfs.format import HEADER_REGION, TAG_BYTES, plaintext_size
@@ -127,6 +128,10 @@ def efs(request: pytest.FixtureRequest, raw: Any, encfs_home: Any, monkeypatch: 
     than two segments split into overlapping requests."""
     monkeypatch.setattr(encfs.file, "SMALL_OBJECT", 0)
     monkeypatch.setattr(encfs.file, "SPLIT_MIN", 2 * SEG)
+    # cat_file(start, end) of up to two segments sends its ranged GET along
+    # with the probe, on a guess of the layout (fs.py)
+    monkeypatch.setattr(encfs.fs, "SMALL_OBJECT", 0)
+    monkeypatch.setattr(encfs.fs, "SPLIT_MIN", 2 * SEG)
     if request.param == "probe-header":
         monkeypatch.setattr(encfs.file, "PROBE_BYTES", HEADER_REGION)
     raw.invalidate_cache()
@@ -153,7 +158,7 @@ def _path(raw: Any, name: str) -> str:
 RANGES = [(0, 10), (SEG - 5, SEG + 5), (-10, None), (SIZE, None), (SIZE + 5, SIZE + 50), (0, -1),
           (SIZE - 1, SIZE + 1)]
 #: The ranges also read by seek() and read() on an open file.
-SEEK_RANGES = [(SEG - 5, SEG + 5), (3 * SEG, 6 * SEG + 7), (SIZE - 10, SIZE)]
+SEEK_RANGES = [(SEG - 5, SEG + 5), (3 * SEG, 6 * SEG + 7), (SIZE - 10, SIZE), (SIZE, SIZE)]
 
 
 def _norm(size: int, start: int | None, end: int | None) -> tuple[int, int]:
@@ -840,3 +845,47 @@ def test_failed_transaction_on_s3_leaves_nothing(raw: Any, server: LyingS3, encf
     for p in (big, small, big + "-2"):
         assert not raw.exists(p)
     assert not _uploads(server, raw)
+
+
+def test_cat_file_layout_guess_with_another_segment_size(raw: Any, encfs_home: Any, server: LyingS3,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """cat_file(start, end) fetches its segments with the probe, placed by
+    the reading filesystem's segment size: an object written with another
+    segment size (or a lying answer to that early GET) still reads exactly,
+    or fails."""
+    monkeypatch.setattr(encfs.fs, "SMALL_OBJECT", 0)
+    monkeypatch.setattr(encfs.file, "PROBE_BYTES", HEADER_REGION)
+    used = []
+    real_fetch = encfs.file.ObjectReader._fetch
+
+    def fetch(self: Any, start: int, end: int) -> Any:
+        if self._guess is not None and self._guess[0] == start:
+            used.append(start)
+        return real_fetch(self, start, end)
+
+    monkeypatch.setattr(encfs.file.ObjectReader, "_fetch", fetch)
+    writer = EncryptedFileSystem(fs=raw, keystore=str(encfs_home), segment_size=SEG, skip_instance_cache=True)
+    data = _plain(11, 30 * SEG + 5)
+    path = _path(raw, "guess")
+    writer.pipe_file(path, data)
+    for seg in (SEG, 2 * SEG, 3 * SEG):
+        reader = EncryptedFileSystem(fs=raw, keystore=str(encfs_home), segment_size=seg, skip_instance_cache=True)
+        for start in range(0, len(data), 2900):
+            assert reader.cat_file(path, start=start, end=start + 1500) == data[start : start + 1500]
+    assert used, "the guessed range was never the one read"
+    server.hook = _body(lambda b: bytes([b[0] ^ 1]) + b[1:])
+    for start in range(0, len(data), 2900):
+        with pytest.raises(IntegrityError):
+            writer.cat_file(path, start=start, end=start + 1500)
+
+
+def test_get_file_of_a_truncated_object_leaves_no_local_file(efs: EncryptedFileSystem, raw: Any,
+                                                             tmp_path: Any) -> None:
+    plain = _plain(12)
+    path = _path(raw, "get")
+    efs.pipe_file(path, plain)
+    raw.pipe_file(path, raw.cat_file(path)[: HEADER_REGION + (NSEG - 1) * STRIDE])  # final segment removed
+    dest = tmp_path / "out.bin"
+    with pytest.raises(IntegrityError):
+        efs.get_file(path, str(dest))
+    assert list(tmp_path.iterdir()) == []
