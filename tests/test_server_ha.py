@@ -220,6 +220,75 @@ def test_concurrent_admin_calls_on_two_replicas_lose_no_update(replicas):
     assert tags == {f"{n}-{i}" for n in range(4) for i in range(10)}
 
 
+def test_a_replica_with_an_older_config_neither_revokes_nor_resurrects_principals(postgres, tmp_path):
+    """Principals live in the database; a replica whose config differs from
+    it refuses to start unless told to sync (docs/SERVER.md, "Configuration reference")."""
+    import dataclasses
+
+    from encfs.errors import ConfigurationError
+    from encfs.server.config import Principal, new_access_key
+
+    url = postgres.createdb("pr_" + uuid.uuid4().hex[:8])
+    old = make_config(tmp_path / "a")
+    old.storage = {"type": "postgresql", "url": url}
+    a = ServerThread(old).start()
+    p = {q.name: q for q in old.principals}
+    carol = Principal("carol", arn("carol"), *new_access_key(), ("kms:ListKeys",))
+    # The new config: carol added, mallory removed, alice loses kms:ListKeys.
+    alice = dataclasses.replace(p["alice"], account_actions=())
+    new = dataclasses.replace(make_config(tmp_path / "b"), storage=dict(old.storage), master_key=dict(old.master_key),
+                              principals=[p["admin"], alice, p["bob"], carol])
+    b = None
+    try:
+        with pytest.raises(ClientError, match="AccessDenied"):  # mallory is known (authenticated) before
+            client(a.endpoint, p["mallory"]).list_keys()
+        with pytest.raises(ConfigurationError, match="differs from the database") as err:
+            ServerThread(new).start()  # not told to sync: refuses, changes nothing
+        msg = str(err.value)
+        assert p["mallory"].access_key_id in msg and carol.access_key_id in msg and "account_actions" in msg
+        assert p["mallory"].secret not in msg and carol.secret not in msg
+        with pytest.raises(ClientError, match="UnrecognizedClient"):
+            client(a.endpoint, carol).list_keys()
+        client(a.endpoint, p["alice"]).list_keys()
+
+        b = ServerThread(dataclasses.replace(new, sync_principals=True)).start()
+        # Applied on every replica at once, A included (its own config is older).
+        for endpoint in (a.endpoint, b.endpoint):
+            client(endpoint, carol).list_keys()
+            for who, code in ((p["mallory"], "UnrecognizedClientException"), (alice, "AccessDeniedException")):
+                with pytest.raises(ClientError) as denied:
+                    client(endpoint, who).list_keys()
+                assert denied.value.response["Error"]["Code"] == code
+
+        # A restarted with its older config: refused; carol keeps working,
+        # mallory stays revoked.
+        a.stop()
+        with pytest.raises(ConfigurationError, match="differs from the database"):
+            ServerThread(old).start()
+        client(b.endpoint, carol).list_keys()
+        with pytest.raises(ClientError, match="UnrecognizedClient"):
+            client(b.endpoint, p["mallory"]).list_keys()
+        # With the current config it starts (and writes nothing).
+        a = ServerThread(dataclasses.replace(new, data_dir=tmp_path / "a", audit_path=tmp_path / "a" / "audit.log"))
+        a.start()
+        client(a.endpoint, carol).list_keys()
+
+        async def generation():
+            st = PostgresStorage(url)
+            await st.open()
+            try:
+                async with st.transaction() as tx:
+                    return await tx.get_meta("principals_generation")
+            finally:
+                await st.close()
+
+        assert run(generation()) == "2"  # the first start, then the one sync
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
+
+
 # -- the master key in an HSM ----------------------------------------------------------------
 
 ENCFS = [sys.executable, "-m", "encfs.cli"]
@@ -387,12 +456,13 @@ def test_a_database_dump_and_the_config_decrypt_nothing_without_the_hsm(hsm_repl
     assert "Traceback" not in out.stderr
 
     # A token of the attacker's own, same token and key labels: it starts
-    # (the config's secrets are re-sealed under the attacker's key), but
-    # nothing stored opens.
+    # when told to sync the principals (the stored secrets do not unseal, so
+    # the config's are re-sealed under the attacker's key), but nothing
+    # stored opens.
     other = init_softhsm(tmp_path / "other-hsm", token=TOKEN)
     env = {**base, "SOFTHSM2_CONF": str(other.conf), "ENCFS_PKCS11_PIN": other.pin_file.read_text().strip()}
     port = _free_port()
-    proc = subprocess.Popen([*ENCFS, "server", "--config", str(cfg_path), "--port", str(port)],
+    proc = subprocess.Popen([*ENCFS, "server", "--config", str(cfg_path), "--port", str(port), "--sync-principals"],
                             env=env, stderr=subprocess.PIPE)
     try:
         endpoint = f"http://127.0.0.1:{port}"

@@ -17,7 +17,10 @@ from .main import cli
 @click.option("--config", "config_path", metavar="FILE", default=None, help="The server's TOML config.")
 @click.option("--dev", is_flag=True, help="A throwaway server on 127.0.0.1 with an admin principal (prints exports).")
 @click.option("--port", type=int, default=None, help="Port (dev mode default 8200; overrides the config's).")
-def server(config_path: str | None, dev: bool, port: int | None) -> None:
+@click.option("--sync-principals", is_flag=True,
+              help="Store this config's principals in the shared database even though they differ from the "
+                   "database's (revokes the access keys the config lacks; docs/SERVER.md, Configuration reference).")
+def server(config_path: str | None, dev: bool, port: int | None, sync_principals: bool) -> None:
     """Serve the AWS KMS API with SigV4, key policies, grants and audit."""
     try:
         import aiohttp  # noqa: F401
@@ -32,6 +35,7 @@ def server(config_path: str | None, dev: bool, port: int | None) -> None:
         cfg = config.load(config_path)
         if port is not None:
             cfg.port = port
+        cfg.sync_principals = sync_principals
         sys.exit(app.run(cfg))
     tmp = Path(tempfile.mkdtemp(prefix="encfs-server-dev-"))
     try:

@@ -37,11 +37,12 @@ from ..errors import ConfigurationError
 from .audit import AuditSink, FileAuditSink, GroupCommitter, now_iso
 from .config import Principal, ServerConfig
 from .masterkey import CachingMasterKey, LocalKeystoreMasterKey, MasterKey, MasterKeyError, secret_aad
+from .principals import sync_principals
 from .protocol import CONTENT_TYPE, TARGET_PREFIX, KMSError, encode_output, parse_input
 from .service import Call, Caller, Service
 from .sigv4 import Verifier
 from .sqlite import SQLiteStorage
-from .storage import AccessKey, Storage, StorageUnavailable
+from .storage import Storage, StorageUnavailable
 
 log = logging.getLogger("encfs.server")
 _DENIED = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
@@ -111,19 +112,6 @@ async def _check_master(storage: Storage, cfg: ServerConfig, *, create: bool,
     return master
 
 
-async def sync_principals(storage: Storage, master: MasterKey, cfg: ServerConfig,
-                          clock: Callable[[], float] = time.time) -> None:
-    """Seal the configured secrets into storage; drop access keys no longer configured."""
-    async with storage.transaction(write=True) as tx:
-        wanted = {p.access_key_id for p in cfg.principals}
-        for ak in await tx.list_access_keys():
-            if ak.access_key_id not in wanted:
-                await tx.delete_access_key(ak.access_key_id)  # removed from the config: revoked
-        for p in cfg.principals:
-            sealed = master.wrap(p.secret.encode(), secret_aad(p.access_key_id))
-            await tx.put_access_key(AccessKey(p.access_key_id, p.arn, sealed, master.key_id, clock()))
-
-
 def _default_sink(cfg: ServerConfig, storage: Storage) -> AuditSink:
     """The audit log file; with PostgreSQL, the one chain every replica shares."""
     if cfg.storage.get("type") == "postgresql" and hasattr(storage, "connection"):
@@ -177,7 +165,9 @@ class KeyServer:
         self.service = Service(self.storage, self.master, region=self.cfg.region, account=self.cfg.account,
                                min_deletion_days=self.cfg.min_deletion_days, clock=self.clock)
         if self.worker is None:  # workers: their supervisor did it once, before they started
-            await sync_principals(self.storage, self.master, self.cfg, self.clock)
+            synced = await sync_principals(self.storage, self.master, self.cfg, self.clock)
+            _event(logging.INFO, "principals", generation=synced.generation, synced=synced.synced,
+                   changes=len(synced.differences))
         self.principals = {p.access_key_id: Principal(p.name, p.arn, p.access_key_id, "", p.account_actions)
                            for p in self.cfg.principals}
         loop = asyncio.get_running_loop()
@@ -268,10 +258,12 @@ class KeyServer:
         self.verifier.check_claims(claims)
         if "x-amz-target" not in claims.signed_headers:
             raise KMSError("InvalidSignatureException", "the x-amz-target header must be signed")
-        principal = self.principals.get(claims.access_key_id)
         async with self.storage.transaction() as tx:
             ak = await tx.get_access_key(claims.access_key_id)
-        if principal is None or ak is None:
+        if ak is None:
+            # Principals come from storage, which every replica shares (a
+            # sync through any of them applies to all): not from this
+            # process's config (encfs/server/principals.py).
             raise KMSError("UnrecognizedClientException", "The security token included in the request is invalid.")
         try:
             secret = self.master.unwrap(ak.sealed_secret, secret_aad(ak.access_key_id)).decode()
@@ -279,8 +271,11 @@ class KeyServer:
             raise KMSError("KMSInternalException", "a stored secret could not be unsealed") from None
         self.verifier.verify(claims, secret, method=request.method, host=request.headers.get("Host", ""),
                              path_qs=request.raw_path, headers=request.headers, body=body)
-        return Caller(arn=ak.principal_arn, access_key_id=ak.access_key_id,
-                      account_actions=principal.account_actions)
+        actions = ak.account_actions
+        if actions is None:  # a row from before they were stored: the config's (synced at the next start)
+            principal = self.principals.get(claims.access_key_id)
+            actions = principal.account_actions if principal is not None else ()
+        return Caller(arn=ak.principal_arn, access_key_id=ak.access_key_id, account_actions=actions)
 
     async def _handle(self, request: web.BaseRequest) -> web.Response:
         h = os.urandom(16).hex()  # a random (version 4 layout) request id, cheaper than uuid.uuid4()

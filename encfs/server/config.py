@@ -78,6 +78,10 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     log_requests: bool = False
     workers: int = 1
+    #: ``encfs server --sync-principals``: store this config's principals even
+    #: where other replicas share the database (never from the file: a
+    #: one-off act, see encfs/server/principals.py).
+    sync_principals: bool = False
 
     @property
     def tls(self) -> bool:

@@ -94,10 +94,17 @@ MIGRATIONS: list[list[str]] = [
         "CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL)",
         "INSERT INTO audit_head VALUES (1, 0, '" + "0" * 64 + "')",
     ],
+    [
+        # Principals live in the database (encfs/server/principals.py): their
+        # account_actions beside their access keys, NULL in rows written before.
+        "ALTER TABLE access_keys ADD COLUMN account_actions TEXT",
+    ],
 ]
 
 #: pg_advisory_xact_lock key for migrations ("encfs" in ASCII).
 _MIGRATION_LOCK = 0x656E636673
+#: pg_advisory_xact_lock key for principal syncs ("encfsP").
+_PRINCIPALS_LOCK = 0x656E63667350
 
 
 def redact_url(url: str) -> str:
@@ -147,9 +154,10 @@ def _alias(row: dict[str, Any]) -> AliasRecord:
 
 
 def _access_key(row: dict[str, Any]) -> AccessKey:
+    actions = row["account_actions"]
     return AccessKey(access_key_id=row["access_key_id"], principal_arn=row["principal_arn"],
                      sealed_secret=bytes(row["sealed_secret"]), master_key_id=row["master_key_id"],
-                     created=row["created"])
+                     created=row["created"], account_actions=None if actions is None else tuple(json.loads(actions)))
 
 
 class _Tx(Transaction):
@@ -283,17 +291,22 @@ class _Tx(Transaction):
 
     async def put_access_key(self, rec: AccessKey) -> None:
         await self.conn.execute(
-            "INSERT INTO access_keys (access_key_id, principal_arn, sealed_secret, master_key_id, created)"
-            " VALUES (%s,%s,%s,%s,%s) ON CONFLICT (access_key_id) DO UPDATE SET principal_arn = EXCLUDED.principal_arn,"
-            " sealed_secret = EXCLUDED.sealed_secret, master_key_id = EXCLUDED.master_key_id,"
-            " created = EXCLUDED.created",
-            (rec.access_key_id, rec.principal_arn, rec.sealed_secret, rec.master_key_id, rec.created))
+            "INSERT INTO access_keys (access_key_id, principal_arn, sealed_secret, master_key_id, created,"
+            " account_actions) VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT (access_key_id) DO UPDATE SET"
+            " principal_arn = EXCLUDED.principal_arn, sealed_secret = EXCLUDED.sealed_secret,"
+            " master_key_id = EXCLUDED.master_key_id, created = EXCLUDED.created,"
+            " account_actions = EXCLUDED.account_actions",
+            (rec.access_key_id, rec.principal_arn, rec.sealed_secret, rec.master_key_id, rec.created,
+             None if rec.account_actions is None else json.dumps(list(rec.account_actions))))
 
     async def list_access_keys(self) -> list[AccessKey]:
         return [_access_key(r) for r in await self._all("SELECT * FROM access_keys ORDER BY access_key_id", ())]
 
     async def delete_access_key(self, access_key_id: str) -> None:
         await self.conn.execute("DELETE FROM access_keys WHERE access_key_id = %s", (access_key_id,))
+
+    async def lock_principals(self) -> None:
+        await self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PRINCIPALS_LOCK,))
 
     # meta
     async def get_meta(self, name: str) -> str | None:
@@ -309,6 +322,9 @@ class PostgresStorage(Storage):
     """PostgreSQL at ``url`` (``postgresql://user@host:port/db``; the password
     from ``PGPASSWORD``/``PGPASSFILE``), through a pool of ``min_size`` to
     ``max_size`` connections."""
+
+    #: Replicas, each with its own config, share the database.
+    shared = True
 
     def __init__(self, url: str, *, min_size: int = 2, max_size: int = 16, connect_timeout: float = 10.0) -> None:
         self.url = url

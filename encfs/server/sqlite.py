@@ -64,6 +64,12 @@ MIGRATIONS: list[list[str]] = [
             access_key_id TEXT PRIMARY KEY, principal_arn TEXT NOT NULL, sealed_secret BLOB NOT NULL,
             master_key_id TEXT NOT NULL, created REAL NOT NULL)""",
     ],
+    [
+        # The principals' account_actions live with their access keys, so every
+        # server reads them from storage (encfs/server/principals.py); NULL in
+        # rows written before.
+        "ALTER TABLE access_keys ADD COLUMN account_actions TEXT",
+    ],
 ]
 
 
@@ -99,6 +105,17 @@ def _grant(row: sqlite3.Row) -> GrantRecord:
 
 def _alias(row: sqlite3.Row) -> AliasRecord:
     return AliasRecord(name=row["name"], key_id=row["key_id"], created=row["created"], updated=row["updated"])
+
+
+def _actions_text(actions: tuple[str, ...] | None) -> str | None:
+    return None if actions is None else json.dumps(list(actions))
+
+
+def _access_key(row: sqlite3.Row) -> AccessKey:
+    actions = row["account_actions"]
+    return AccessKey(access_key_id=row["access_key_id"], principal_arn=row["principal_arn"],
+                     sealed_secret=bytes(row["sealed_secret"]), master_key_id=row["master_key_id"],
+                     created=row["created"], account_actions=None if actions is None else tuple(json.loads(actions)))
 
 
 class _Tx(Transaction):
@@ -222,21 +239,16 @@ class _Tx(Transaction):
     # principals
     async def get_access_key(self, access_key_id: str) -> AccessKey | None:
         row = self._one("SELECT * FROM access_keys WHERE access_key_id = ?", (access_key_id,))
-        if row is None:
-            return None
-        return AccessKey(access_key_id=row["access_key_id"], principal_arn=row["principal_arn"],
-                         sealed_secret=bytes(row["sealed_secret"]), master_key_id=row["master_key_id"],
-                         created=row["created"])
+        return _access_key(row) if row is not None else None
 
     async def put_access_key(self, rec: AccessKey) -> None:
-        self.db.execute("INSERT OR REPLACE INTO access_keys VALUES (?,?,?,?,?)",
-                        (rec.access_key_id, rec.principal_arn, rec.sealed_secret, rec.master_key_id, rec.created))
+        self.db.execute("INSERT OR REPLACE INTO access_keys (access_key_id, principal_arn, sealed_secret,"
+                        " master_key_id, created, account_actions) VALUES (?,?,?,?,?,?)",
+                        (rec.access_key_id, rec.principal_arn, rec.sealed_secret, rec.master_key_id, rec.created,
+                         _actions_text(rec.account_actions)))
 
     async def list_access_keys(self) -> list[AccessKey]:
-        return [AccessKey(access_key_id=r["access_key_id"], principal_arn=r["principal_arn"],
-                          sealed_secret=bytes(r["sealed_secret"]), master_key_id=r["master_key_id"],
-                          created=r["created"])
-                for r in self._all("SELECT * FROM access_keys ORDER BY access_key_id", ())]
+        return [_access_key(r) for r in self._all("SELECT * FROM access_keys ORDER BY access_key_id", ())]
 
     async def delete_access_key(self, access_key_id: str) -> None:
         self.db.execute("DELETE FROM access_keys WHERE access_key_id = ?", (access_key_id,))

@@ -100,6 +100,10 @@ class AccessKey:
     sealed_secret: bytes = field(repr=False)
     master_key_id: str = ""
     created: float = 0.0
+    #: The principal's ``account_actions`` (docs/SERVER.md, "Configuration reference"), as
+    #: the last principal sync stored them; None in a row written before
+    #: they were stored (the config's apply then).
+    account_actions: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -199,6 +203,11 @@ class Transaction(ABC):
     @abstractmethod
     async def delete_access_key(self, access_key_id: str) -> None: ...
 
+    async def lock_principals(self) -> None:
+        """In a write transaction: serialise principal syncs (replicas
+        starting together).  A backend whose write transactions already
+        exclude each other (SQLite's BEGIN IMMEDIATE) needs nothing."""
+
     # -- small settings ----------------------------------------------------------------
     @abstractmethod
     async def get_meta(self, name: str) -> str | None: ...
@@ -212,6 +221,10 @@ class Storage(ABC):
 
     #: The schema version this code writes (each backend migrates up to it).
     SCHEMA_VERSION = 1
+    #: Whether several server processes with their own configs may share this
+    #: storage (PostgreSQL replicas): their principal lists must then agree
+    #: (encfs.server.principals).
+    shared = False
 
     @abstractmethod
     async def open(self) -> None: ...
