@@ -11,8 +11,9 @@ file opened with ``fs.open(path, "rb")`` (as pandas and dask do), every
 column in turn.  Bytes are counted at the target (a memory filesystem whose
 ``cat_file`` counts what it returns; encfs reads it through the generic
 target I/O, one request per range, as on S3).  Bytes are deterministic.
-Each size is measured as if it were the default: readers' open probe is the
-header and one default segment (encfs/file.py ``PROBE_BYTES``).
+Readers' open probe is the header and one segment of the reader's
+configured size (encfs/file.py ``PROBE_BYTES``), so each size is measured as
+a dataset written and read with it.
 
 Throughput per segment size: 32 MiB written and read sequentially through
 ``enc::memory://`` (1 MiB calls, as bench_throughput.py), CPU time, best of
@@ -39,8 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import KiB, MiB, Report, Target, interleaved_wall_cpu, mbps, parser, table, temp_dir
 from bench_throughput import read_stream, write_stream
 from fsspec.implementations.memory import MemoryFileSystem
-
-from encfs.format import HEADER_REGION, TAG_BYTES
 
 ROWS, COLUMNS, ROW_GROUPS = 400_000, 6, 8
 SWEEP = [8 * KiB, 16 * KiB, 32 * KiB, 64 * KiB, 256 * KiB]
@@ -89,16 +88,10 @@ def column_ratio(plain: bytes, needs: list[int], segment_size: int, keystore: st
     """Bytes fetched per column read, as ratios to what each column needs."""
     import pyarrow.parquet as pq
 
-    import encfs.file
     from encfs import EncryptedFileSystem
 
     target = CountingMemory()
     efs = EncryptedFileSystem(fs=target, keystore=keystore, segment_size=segment_size, skip_instance_cache=True)
-    # Readers probe the header and one *default* segment at open; for each
-    # size of the sweep, measure as if it were the default (it is one line,
-    # encfs/file.py PROBE_BYTES).
-    probe = encfs.file.PROBE_BYTES
-    encfs.file.PROBE_BYTES = HEADER_REGION + segment_size + TAG_BYTES
     efs.pipe_file("/lake/t.parquet", plain)
     ratios, requests = [], []
     for c in range(COLUMNS):
@@ -108,7 +101,6 @@ def column_ratio(plain: bytes, needs: list[int], segment_size: int, keystore: st
         assert got.num_rows == ROWS
         ratios.append(target.fetched / needs[c])
         requests.append(target.requests)
-    encfs.file.PROBE_BYTES = probe
     return {"segment_KiB": segment_size // KiB, "ratio_max": max(ratios), "ratio_mean": sum(ratios) / len(ratios),
             "requests": max(requests), "bytes_needed": needs[0]}
 

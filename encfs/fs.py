@@ -137,7 +137,8 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
         Extra encryption context (str → str) bound into every header and
         sent to key services.
     segment_size:
-        Plaintext bytes per authenticated segment (default 32 KiB, docs/FORMAT.md section 8).
+        Plaintext bytes per authenticated segment (default 64 KiB; 32 KiB suits Parquet datasets, docs/FORMAT.md
+        section 8). Readers must use the writers' value: listings compute sizes with it.
         Listings compute plaintext sizes with it, so readers should use the
         writers' value.
     keystore:

@@ -58,7 +58,7 @@ def tree(tmp_path: Path) -> Path:
     binary file and text with NUL and CRLF bytes."""
     src = tmp_path / "src"
     (src / "sub" / "deeper").mkdir(parents=True)
-    (src / "big.bin").write_bytes(os.urandom(300_000))  # ten 32 KiB segments
+    (src / "big.bin").write_bytes(os.urandom(300_000))  # five 64 KiB segments
     (src / "empty").write_bytes(b"")
     (src / "sub" / "notes.txt").write_bytes(b"hello\r\nworld\x00\xff secret-plaintext-marker\n")
     (src / "sub" / "deeper" / "seg.bin").write_bytes(os.urandom(DEFAULT_SEGMENT))  # exactly one segment

@@ -21,7 +21,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from encfs import EncryptedFileSystem
 from encfs.errors import FormatError, IntegrityError
-from encfs.file import PROBE_BYTES, SMALL_OBJECT
+from encfs.file import SMALL_OBJECT, probe_size
 from encfs.format import DEFAULT_SEGMENT, HEADER_REGION, MAGIC, covering_segments, segment_offset
 from encfs.sinks import TEMP_MARK, LocalSink
 
@@ -214,7 +214,7 @@ def test_random_access_one_ranged_read_and_only_covering_segments(efs_spy, spy):
         assert reader.read(k, k + n) == data[k : k + n]
         segs = covering_segments(k, k + n, SEG)
         assert decrypted == list(segs)
-        if segment_offset(segs[-1] + 1, SEG) <= PROBE_BYTES:
+        if segment_offset(segs[-1] + 1, SEG) <= probe_size(SEG):
             assert spy.calls == []  # the opening probe already holds these segments
             continue
         assert spy.calls == [("cat_file", ("/big",), {

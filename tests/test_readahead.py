@@ -148,7 +148,7 @@ def test_s3_sequential_read_overlaps_ranged_gets(moto_server, s3, encfs_home):
     gets = [r for r in moto_server.requests("s3", "GET")]
     assert all(r.range for r in gets)
     # bytes fetched: each ciphertext byte once (the probe's first bytes at most twice)
-    assert sum(r.bytes_out for r in gets) <= len(data) + 200 * TAG_BYTES + 2 * encfs.file.PROBE_BYTES
+    assert sum(r.bytes_out for r in gets) <= len(data) + 200 * TAG_BYTES + 2 * encfs.file.probe_size(efs.segment_size)
     # and a random 100-byte read after open is one ranged GET
     with efs.open(path, "rb") as f:
         moto_server.clear_log()

@@ -21,9 +21,14 @@ TAG_BYTES = 16
 HEADER_REGION = 4096
 MIN_SEGMENT = 1024
 MAX_SEGMENT = 64 * 1024 * 1024
-#: 32 KiB: the largest size that keeps a Parquet column read within 1.10x of
-#: the column's bytes (FORMAT.md section 8, benchmarks/bench_parquet_columns.py).
-DEFAULT_SEGMENT = 32 * 1024
+#: 64 KiB.  Listings compute plaintext sizes with the reader's configured
+#: segment size (no request per object), so changing this default would make
+#: every object written with the old one list with a wrong size: it stays.
+#: Parquet-heavy datasets written fresh may choose 32 KiB (a column read then
+#: fetches within 1.10x of its bytes; FORMAT.md section 8).
+DEFAULT_SEGMENT = 64 * 1024
+#: The segment size FORMAT.md section 8 recommends for Parquet datasets.
+PARQUET_SEGMENT = 32 * 1024
 
 #: The smallest v1.0 object (a 4096-byte region and one empty segment).
 #: Every ciphertext size below it is free for the compact layout.
