@@ -889,3 +889,76 @@ def test_get_file_of_a_truncated_object_leaves_no_local_file(efs: EncryptedFileS
     with pytest.raises(IntegrityError):
         efs.get_file(path, str(dest))
     assert list(tmp_path.iterdir()) == []
+
+
+# -- random damage, random reads over S3 prefetch: never a wrong byte ---------------------------------
+body_edits = st.lists(st.one_of(
+    st.tuples(st.just("flip"), st.integers(0, 12 * STRIDE), st.integers(0, 7)),
+    st.tuples(st.just("truncate"), st.integers(0, 12 * STRIDE), st.just(0)),
+    st.tuples(st.just("append"), st.integers(1, 2 * STRIDE), st.integers(0, 1)),
+    st.tuples(st.just("swap"), st.integers(0, 11), st.integers(0, 11)),
+    st.tuples(st.just("copy"), st.integers(0, 11), st.integers(0, 11)),
+), min_size=1, max_size=3)
+
+
+def _damage_body(ct: bytes, ops: list[tuple[str, int, int]]) -> bytes:
+    head, body = ct[:HEADER_REGION], bytearray(ct[HEADER_REGION:])
+    n = len(body) // STRIDE
+    for op, a, b in ops:
+        if op == "flip" and a < len(body):
+            body[a] ^= 1 << b
+        elif op == "truncate":
+            del body[a:]
+        elif op == "append":
+            body += os.urandom(a) if b else body[:a]
+        elif op in ("swap", "copy") and n:
+            i, j = a % n, b % n
+            si, sj = body[i * STRIDE : (i + 1) * STRIDE], body[j * STRIDE : (j + 1) * STRIDE]
+            body[j * STRIDE : (j + 1) * STRIDE] = si
+            if op == "swap":
+                body[i * STRIDE : (i + 1) * STRIDE] = sj
+    return head + bytes(body)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow])
+@given(ops=body_edits, plan=plans(), seed=st.integers(0, 2**16))
+def test_random_body_damage_over_s3_prefetch_never_yields_wrong_bytes(efs: EncryptedFileSystem, raw: Any,
+                                                                      ops: Any, plan: Any, seed: int) -> None:
+    size, reads = plan
+    size = max(size, 3 * SEG)
+    data = _plain(seed, size)
+    path = _path(raw, "fuzz")
+    efs.pipe_file(path, data)
+    ct = raw.cat_file(path)
+    bad = _damage_body(ct, ops)
+    raw.pipe_file(path, bad)
+    try:
+        f = efs.open(path, "rb")
+    except IntegrityError:
+        return
+    pos = 0
+    with f:
+        for op in [*reads, ("read", -1)]:
+            try:
+                if op[0] == "seek":
+                    pos = f.seek(max(0, op[1]))
+                    continue
+                if op[0] == "cat":
+                    s, e = _norm(f.size, op[1], op[2])
+                    assert efs.cat_file(path, start=op[1], end=op[2]) == data[s:max(s, e)], op
+                    continue
+                if op[0] == "read":
+                    got = f.read(op[1])
+                elif op[0] == "readline":
+                    got = f.readline(op[1])
+                else:
+                    got = b"".join(next(f, b"") for _ in range(op[1]))
+                assert got == data[pos : pos + len(got)], op
+                pos += len(got)
+            except IntegrityError:
+                pos = f.seek(pos)
+    if bad != ct:
+        with pytest.raises(IntegrityError):
+            efs.cat_file(path)
+    raw.rm_file(path)
