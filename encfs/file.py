@@ -243,7 +243,7 @@ class ObjectReader:
         except IntegrityError:
             return None
 
-    def _read_into(self, start: int, end: int, segs: range) -> bytes:
+    def _read_into(self, start: int, end: int, segs: range, cut: bytes | None = None) -> bytes:
         """:meth:`read` of several segments from a local or in-memory target,
         decrypting in place into the reader's scratch buffer (one buffer,
         reused, so it stays in the CPU caches) and copying the range out
@@ -281,6 +281,11 @@ class ObjectReader:
             del sealed, blob
             i = j + 1
         base = first * seg
+        if cut is not None and end < self.size:
+            # Line reading: end after the last separator, without a second copy.
+            k = self._scratch.rfind(cut, start - base, end - base)
+            if k >= 0:
+                end = base + k + 1
         if end % seg and last not in cached:
             # The next sequential read starts inside the last segment: keep it.
             at = (last - first) * seg
@@ -410,12 +415,14 @@ class ObjectReader:
                 oldest = next(iter(self._cache))
             del self._cache[oldest]
 
-    def read(self, start: int, end: int | None) -> bytes:
+    def read(self, start: int, end: int | None, cut: bytes | None = None) -> bytes:
         """Plaintext bytes ``[start, end)`` (clamped to the object).
 
         A read that reaches the end of the object authenticates the final
         segment first (even an empty read at the end), so a truncated or
-        extended object fails there instead of ending early."""
+        extended object fails there instead of ending early.  With ``cut``
+        (one byte, line reading), a read that stops before the end of the
+        object may end early, just after the last ``cut`` byte in the range."""
         if end is None or end > self.size:
             end = self.size
         start = max(0, start)
@@ -434,7 +441,7 @@ class ObjectReader:
             # Local and memory targets: decrypt in place (another thread
             # using the scratch buffer meanwhile takes the path below).
             try:
-                return self._read_into(start, end, segs)
+                return self._read_into(start, end, segs, cut)
             finally:
                 self._scratch_lock.release()
         else:
@@ -546,13 +553,14 @@ class EncryptedReadFile(AbstractBufferedFile):
 
     def _line_window(self) -> tuple[bytes, int]:
         """The plaintext window holding ``self.loc`` and loc's index in it
-        (``b""`` at the end of the object)."""
+        (``b""`` at the end of the object); a new window ends with a whole
+        line where the reader can cut it without a copy."""
         loc = self.loc
         buf, at = self._lines, self._lines_at
         if at <= loc < at + len(buf):
             return buf, loc - at
         end = min(self.size, loc + max(LINE_WINDOW, self.reader.segment_size))
-        buf = self.reader.read(loc, end)  # at the end: b"", after the final segment authenticated
+        buf = self.reader.read(loc, end, cut=b"\n")  # at the end: b"", after the final segment authenticated
         self._lines, self._lines_at = buf, loc
         return buf, 0
 
@@ -568,7 +576,8 @@ class EncryptedReadFile(AbstractBufferedFile):
             cut = buf.rfind(b"\n", i) + 1
             if not cut:
                 return None
-            cur = io.BytesIO(buf[i:cut])
+            cur = io.BytesIO(buf[i:cut] if cut < len(buf) else buf)  # usually a whole window: no copy
+            cur.seek(0 if cut < len(buf) else i)
         else:
             cur = io.BytesIO(buf)  # shares buf: no copy
             cur.seek(i)
