@@ -10,6 +10,7 @@ benchmarks/bench_s3.py.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -170,14 +171,14 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{os.getpid()}-{next(_names)}"
 
 
-# -- pytest fixtures ----------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[MotoServer]:
+@contextlib.contextmanager
+def serving(server: MotoServer) -> Iterator[MotoServer]:
+    """``server`` started, with moto's dummy credentials in the environment
+    (boto3's default chain, the KMS provider and dask workers find them);
+    stopped and the environment restored on exit."""
     saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    # boto3's default chain (KMS provider, dask workers) finds moto's dummies;
-    # restored when the session ends.
     os.environ.update(CREDENTIALS)
-    server = MotoServer().start()
+    server.start()
     try:
         yield server
     finally:
@@ -187,6 +188,13 @@ def moto_server() -> Iterator[MotoServer]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# -- pytest fixtures ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    with serving(MotoServer()) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -42,9 +42,9 @@ from encfs.format import HEADER_REGION, TAG_BYTES, plaintext_size
 from encfs.format.layout import region_for_size
 
 try:
-    from ._servers import CREDENTIALS, MotoServer, unique
+    from ._servers import MotoServer, serving, unique
 except ImportError:  # tests/ is not a package
-    from _servers import CREDENTIALS, MotoServer, unique
+    from _servers import MotoServer, serving, unique
 
 SEG = 1024
 STRIDE = SEG + TAG_BYTES
@@ -88,18 +88,8 @@ class LyingS3(MotoServer):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[LyingS3]:
-    saved = {k: os.environ.get(k) for k in CREDENTIALS}
-    os.environ.update(CREDENTIALS)
-    srv = LyingS3().start()
-    try:
+    with serving(LyingS3()) as srv:
         yield srv
-    finally:
-        srv.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
