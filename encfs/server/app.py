@@ -42,9 +42,10 @@ from .protocol import CONTENT_TYPE, TARGET_PREFIX, KMSError, encode_output, pars
 from .service import Call, Caller, Service
 from .sigv4 import Verifier
 from .sqlite import SQLiteStorage
-from .storage import Storage, StorageUnavailable
+from .storage import AccessKey, Storage, StorageUnavailable
 
 log = logging.getLogger("encfs.server")
+_ACCESS_KEY_CACHE_SIZE = 1024
 _DENIED = {"AccessDeniedException", "UnrecognizedClientException", "InvalidSignatureException",
            "IncompleteSignatureException", "MissingAuthenticationTokenException", "NotAuthorizedException"}
 
@@ -139,6 +140,13 @@ class KeyServer:
         self.clock = clock
         self.verifier = Verifier(cfg.region, skew=cfg.clock_skew_seconds, clock=clock)
         self.principals: dict[str, Principal] = {}
+        # Access keys read from storage, reused for at most this long (the
+        # principal revocation bound, docs/SERVER.md "High availability"):
+        # found ones only (an unknown key is looked up every time, so a new
+        # principal works at once), at most _ACCESS_KEY_CACHE_SIZE of them.
+        ttl = cfg.access_key_cache_seconds
+        self.access_key_ttl = float(ttl if ttl is not None else (1.0 if self.storage.shared else 0.0))
+        self._access_keys: dict[str, tuple[float, AccessKey]] = {}
         self.service: Service | None = None
         self.inflight = 0
         self._runner: web.ServerRunner | None = None
@@ -253,13 +261,28 @@ class KeyServer:
             return web.json_response({"status": "unavailable"}, status=503)
         return web.json_response({"status": "ok", "inflight": self.inflight, "audit_backlog": self.audit.backlog})
 
+    async def _access_key(self, access_key_id: str) -> AccessKey | None:
+        now = time.monotonic()
+        hit = self._access_keys.get(access_key_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self.storage.transaction() as tx:
+            ak = await tx.get_access_key(access_key_id)
+        if self.access_key_ttl > 0:
+            if ak is None:
+                self._access_keys.pop(access_key_id, None)
+            else:
+                if len(self._access_keys) >= _ACCESS_KEY_CACHE_SIZE:
+                    self._access_keys.clear()  # bounded: rare, and only costs round trips
+                self._access_keys[access_key_id] = (now + self.access_key_ttl, ak)
+        return ak
+
     async def _authenticate(self, request: web.BaseRequest, body: bytes) -> Caller:
         claims = self.verifier.parse(request.headers)
         self.verifier.check_claims(claims)
         if "x-amz-target" not in claims.signed_headers:
             raise KMSError("InvalidSignatureException", "the x-amz-target header must be signed")
-        async with self.storage.transaction() as tx:
-            ak = await tx.get_access_key(claims.access_key_id)
+        ak = await self._access_key(claims.access_key_id)
         if ak is None:
             # Principals come from storage, which every replica shares (a
             # sync through any of them applies to all): not from this

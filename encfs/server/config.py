@@ -78,6 +78,11 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     log_requests: bool = False
     workers: int = 1
+    #: How long a server may reuse an access key it read from storage (its
+    #: principal, sealed secret and account_actions): the bound within which
+    #: a principal revoked by a sync is refused everywhere.  None: 1 s on
+    #: PostgreSQL (a round trip per request saved), 0 (no cache) on SQLite.
+    access_key_cache_seconds: float | None = None
     #: ``encfs server --sync-principals``: store this config's principals even
     #: where other replicas share the database (never from the file: a
     #: one-off act, see encfs/server/principals.py).
@@ -107,6 +112,8 @@ class ServerConfig:
                 raise ConfigurationError(f"principals: the secret of {p.name} is shorter than 16 characters")
         if not 1 <= self.workers <= 64:
             raise ConfigurationError("server: workers must be between 1 and 64")
+        if self.access_key_cache_seconds is not None and not 0 <= self.access_key_cache_seconds <= 10:
+            raise ConfigurationError("server: access_key_cache_seconds must be between 0 and 10")
         if not (0 < self.max_body_bytes <= 1 << 20):
             raise ConfigurationError("server: max_body_bytes must be between 1 and 1048576")
 
@@ -155,7 +162,7 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
     srv = dict(doc.get("server") or {})
     known = {"host", "port", "region", "account", "data_dir", "tls_cert", "tls_key", "max_body_bytes",
              "max_inflight", "clock_skew_seconds", "min_deletion_days", "sweep_seconds", "shutdown_timeout",
-             "log_requests", "workers"}
+             "log_requests", "workers", "access_key_cache_seconds"}
     unknown = set(srv) - known
     if unknown:
         raise ConfigurationError(f"server: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -169,6 +176,8 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
         min_deletion_days=int(srv.get("min_deletion_days", 7)), sweep_seconds=float(srv.get("sweep_seconds", 60)),
         shutdown_timeout=float(srv.get("shutdown_timeout", 10)), log_requests=bool(srv.get("log_requests", False)),
         workers=int(srv.get("workers", 1)),
+        access_key_cache_seconds=(None if srv.get("access_key_cache_seconds") is None
+                                  else float(srv["access_key_cache_seconds"])),
     )
     cfg.storage = dict(doc.get("storage") or {"type": "sqlite"})
     if "url" in cfg.storage:  # [storage] url = "postgresql://..." (encfs/server/postgres.py)

@@ -117,6 +117,15 @@ class AliasRecord:
 class Transaction(ABC):
     """The reads and writes of one request.  Methods raise :class:`StorageError`."""
 
+    async def prefetch(self, ident: str, version: int | None, grantee: str) -> None:
+        """A hint on the hot path (Encrypt, Decrypt, GenerateDataKey...): this
+        read transaction will read the key ``ident`` (a key id or an alias
+        name), its material ``version`` (None: its current one) and
+        ``grantee``'s grants on it.  A networked backend may read all of them
+        in one round trip and answer those reads, in this transaction only,
+        from what it read; the default does nothing.  Never across
+        transactions: nothing is cached between requests."""
+
     # -- keys ---------------------------------------------------------------------
     @abstractmethod
     async def get_key(self, key_id: str, *, for_update: bool = False) -> KeyRecord | None: ...
