@@ -679,11 +679,38 @@ def plans(draw: Any) -> tuple[int, list[tuple[Any, ...]]]:
 def test_random_read_plans_over_s3_prefetch(efs: EncryptedFileSystem, raw: Any, plan: Any, seed: int) -> None:
     """Random seek/read/readline/iteration/cat_file plans on S3 through the
     probe, ranged GETs and the Readahead, against Python's own BytesIO."""
+    path = _path(raw, "plan")
+    _run_plan(efs, path, plan, seed)
+    raw.rm_file(path)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow])
+@given(plan=plans(), seed=st.integers(0, 2**16), local=st.booleans(), window=st.sampled_from([None, 3000]))
+def test_random_read_plans_over_memory_and_local(memfs: Any, tmp_path: Any, encfs_home: Any, plan: Any,
+                                                 seed: int, local: bool, window: int | None) -> None:
+    """The same plans where reads decrypt in place (local and memory:
+    line windows cut after their last newline in the scratch buffer), with
+    line windows of the default size and of a few segments."""
+    opts: dict[str, Any] = {"keystore": str(encfs_home), "segment_size": SEG, "skip_instance_cache": True}
+    if local:
+        efs, path = EncryptedFileSystem(target_protocol="file", **opts), str(tmp_path / "plan.bin")
+    else:
+        efs, path = EncryptedFileSystem(fs=memfs, **opts), "/plan.bin"
+    saved = encfs.file.LINE_WINDOW
+    if window:
+        encfs.file.LINE_WINDOW = window
+    try:
+        _run_plan(efs, path, plan, seed)
+    finally:
+        encfs.file.LINE_WINDOW = saved
+
+
+def _run_plan(efs: EncryptedFileSystem, path: str, plan: Any, seed: int) -> None:
     import itertools
 
     size, ops = plan
     data = _plain(seed, size)
-    path = _path(raw, "plan")
     efs.pipe_file(path, data)
     oracle = io.BytesIO(data)
     with efs.open(path, "rb") as f:
@@ -703,7 +730,6 @@ def test_random_read_plans_over_s3_prefetch(efs: EncryptedFileSystem, raw: Any, 
                 s, e = _norm(size, a, b)
                 assert efs.cat_file(path, start=a, end=b) == data[s:max(s, e)], op
             assert f.tell() == oracle.tell(), op
-    raw.rm_file(path)
 
 
 # -- writes: failed, interrupted and racing -----------------------------------------------------------
@@ -952,3 +978,33 @@ def test_random_body_damage_over_s3_prefetch_never_yields_wrong_bytes(efs: Encry
         with pytest.raises(IntegrityError):
             efs.cat_file(path)
     raw.rm_file(path)
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_line_reading_of_damaged_tails_on_memory_and_local(memfs: Any, tmp_path: Any, encfs_home: Any,
+                                                           local: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``for line in f`` and ``readline`` where reads decrypt in place (line
+    windows cut in the scratch buffer), with windows of a few segments:
+    a truncated or extended object fails before the iteration ends, and the
+    lines released before are the original's."""
+    monkeypatch.setattr(encfs.file, "LINE_WINDOW", 3000)
+    opts: dict[str, Any] = {"keystore": str(encfs_home), "segment_size": SEG, "skip_instance_cache": True}
+    if local:
+        efs, path = EncryptedFileSystem(target_protocol="file", **opts), str(tmp_path / "lines.bin")
+    else:
+        efs, path = EncryptedFileSystem(fs=memfs, **opts), "/lines.bin"
+    plain = _plain(13)
+    efs.pipe_file(path, plain)
+    ct = efs.fs.cat_file(path)
+    problems = []
+    for name, damaged in _tail_damage(ct).items():
+        efs.fs.pipe_file(path, damaged)
+        for label, read in [("for line in f", _lines), ("readline loop", _readline)]:
+            got: list[bytes] = []
+            try:
+                read(efs, path, got)
+                problems.append(f"{name}: {label} ended without an error")
+            except IntegrityError:
+                if plain[: len(b"".join(got))] != b"".join(got):
+                    problems.append(f"{name}: {label} released WRONG BYTES")
+    assert not problems
