@@ -8,6 +8,7 @@ evidence, and a 500 that tells the client nothing.  One server per module."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gzip
 import http.client
 import json
@@ -38,6 +39,10 @@ from hypothesis import strategies as st
 
 from encfs.server.app import ServerThread
 
+#: mallory's identity permissions: alias operations on alias/adv-* only, so the
+#: attacks on alias/adv-* names below meet the key policies (and a name outside
+#: it, her identity permissions).
+MALLORY_ACTIONS = ("kms:CreateAlias:alias/adv-*", "kms:UpdateAlias:alias/adv-*", "kms:DeleteAlias:alias/adv-*")
 ADMIN_STMT = {"Sid": "admin", "Effect": "Allow", "Principal": {"AWS": arn("admin")}, "Action": "kms:*",
               "Resource": "*"}
 
@@ -55,6 +60,8 @@ class _Capture(logging.Handler):
 def srv(tmp_path_factory):
     data = tmp_path_factory.mktemp("kms-adv")
     cfg = make_config(data, log_requests=True)
+    cfg.principals = [dataclasses.replace(p, account_actions=MALLORY_ACTIONS) if p.name == "mallory" else p
+                      for p in cfg.principals]
     capture = _Capture()
     logger = logging.getLogger("encfs.server")
     logger.addHandler(capture)
@@ -232,6 +239,43 @@ def test_sigv4_rejections_are_denied_and_audited_once(srv, case):
     assert audit_count(srv) == before + 1
     (rec,) = records_for(srv, rid)
     assert rec["outcome"] == "denied" and rec["error"] == wanted and rec["principal"] == "-"
+
+
+def test_refused_sign_ins_name_the_access_key_they_claimed(srv):
+    """Guessing against one access key is traceable in the audit log: a refused
+    sign-in records the (unverified) access key id it named, escaped and capped."""
+    cases = {"unknown": {"akid": "AKIANOBODY0000000000"},
+             "wrong secret": {"akid": srv.p["alice"].access_key_id, "secret": "x" * 40},
+             "stale": {"akid": srv.p["bob"].access_key_id, "when": _now(seconds=-400)}}
+    for case, kw in cases.items():
+        status, body, rid = send(srv, sign(srv, "ListKeys", LIST, **kw), LIST)
+        assert status == 400, (case, body)
+        (rec,) = records_for(srv, rid)
+        assert (rec["principal"], rec["access_key"], rec["outcome"]) == ("-", kw["akid"], "denied"), case
+    long = "AKIA" + "Z" * 500
+    status, _, rid = send(srv, sign(srv, "ListKeys", LIST, akid=long, secret="x" * 40), LIST)
+    (rec,) = records_for(srv, rid)
+    assert status == 400 and rec["access_key"] == long[:128]
+    headers = sign(srv, "ListKeys", LIST)
+    headers["Authorization"] = headers["Authorization"].replace("Credential=AKIA", "Credential=AK\u00e9\"IA")
+    status, _, rid = send(srv, headers, LIST)
+    (rec,) = records_for(srv, rid)
+    assert status == 400 and rec["access_key"].startswith('AK\\udce9"IA') and rec["access_key"].isascii()
+
+
+def _signed_for_host(srv, host: str, who: str = "admin") -> dict[str, str]:
+    """ListKeys signed by botocore for https://<host>/, to be sent to ``srv``."""
+    p = srv.p[who]
+    req = AWSRequest("POST", f"http://{host}/", data=LIST, headers={
+        "Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.ListKeys"})
+    SigV4Auth(Credentials(p.access_key_id, p.secret), "kms", REGION).add_auth(req)
+    return {"Host": host, **dict(req.headers.items())}
+
+
+def test_without_hostnames_a_request_signed_for_another_server_is_accepted(srv):
+    """The default (documented): any signed host is accepted, so a request captured
+    on its way to another server that trusts the same access key replays here."""
+    assert send(srv, _signed_for_host(srv, "kms-other.example:8443"), LIST)[0] == 200
 
 
 def test_the_time_window_edges_are_accepted(srv):
@@ -517,12 +561,34 @@ def test_mallory_uses_her_own_key_normally(srv, keys):
     m.update_alias(AliasName="alias/adv-mine", TargetKeyId=keys["mine"])
 
 
-@pytest.mark.xfail(strict=True, reason="finding: any principal with CreateAlias on some key (every creator of a "
-                   "key with the default policy) may claim any free alias name; KMS also needs kms:CreateAlias on "
-                   "the alias from an IAM policy, which account_actions does not model")
 def test_alias_names_cannot_be_squatted(srv, keys):
-    assert code(lambda: srv.kms["mallory"].create_alias(AliasName="alias/lake-payroll",
-                                                        TargetKeyId=keys["mine"])) == "AccessDeniedException"
+    """CreateAlias on her own key (key policy) is not enough: the name must be
+    hers too (account_actions, the IAM stand-in), as KMS needs kms:CreateAlias
+    on the alias ARN.  Writers of aws-kms://alias/lake-payroll never meet her key."""
+    m = srv.kms["mallory"]
+    with pytest.raises(ClientError) as exc:
+        m.create_alias(AliasName="alias/lake-payroll", TargetKeyId=keys["mine"])
+    err = exc.value.response["Error"]
+    assert err["Code"] == "AccessDeniedException"
+    assert f"kms:CreateAlias on resource: arn:aws:kms:{REGION}:{ACCOUNT}:alias/lake-payroll" in err["Message"]
+    assert "alias/lake-payroll" not in {a["AliasName"] for a in srv.kms["admin"].list_aliases()["Aliases"]}
+    # in her namespace the same call works (the refusal above was the name's)
+    m.create_alias(AliasName="alias/adv-mallory", TargetKeyId=keys["mine"])
+    m.delete_alias(AliasName="alias/adv-mallory")
+
+
+def test_alias_permissions_outside_the_pattern_are_refused_before_the_alias_is_looked_up(srv, keys):
+    """UpdateAlias/DeleteAlias on a name outside mallory's pattern: refused
+    whether or not the alias exists (no probing for names), and nothing changes."""
+    admin, m = srv.kms["admin"], srv.kms["mallory"]
+    admin.create_alias(AliasName="alias/lake-shared", TargetKeyId=keys["mine"])  # her key, not her name
+    try:
+        for name in ("alias/lake-shared", "alias/lake-nonexistent", "alias/adv", "alias/ADV-mine"):
+            assert code(lambda name=name: m.update_alias(AliasName=name, TargetKeyId=keys["mine"])) == "AccessDeniedException"
+            assert code(lambda name=name: m.delete_alias(AliasName=name)) == "AccessDeniedException"
+        assert {a["AliasName"] for a in admin.list_aliases(KeyId=keys["mine"])["Aliases"]} >= {"alias/lake-shared"}
+    finally:
+        admin.delete_alias(AliasName="alias/lake-shared")
 
 
 @pytest.mark.parametrize("has", [("ReEncryptFrom",), ("ReEncryptTo",), ("ReEncryptFrom", "ReEncryptTo")])
@@ -997,6 +1063,66 @@ def test_overload_is_throttling_and_the_health_endpoint_stays_quiet(srv):
         urllib.request.urlopen(urllib.request.Request(srv.endpoint + "/health", method="POST"), timeout=10)
     except urllib.error.HTTPError as exc:
         assert exc.code in (400, 404)
+
+
+# -- a server with hostnames and alias namespaces ------------------------------------------------
+@pytest.fixture(scope="module")
+def named_srv(tmp_path_factory):
+    """``hostnames`` set; ``creator`` may only CreateKey, ``team`` also the aliases alias/team-a/*."""
+    cfg = make_config(tmp_path_factory.mktemp("kms-adv-named"), names=("admin", "creator", "team"),
+                      hostnames=("127.0.0.1", "KMS.test", "pinned.test:8443"))
+    actions = {"creator": ("kms:CreateKey",), "team": ("kms:CreateKey", "kms:*Alias:alias/team-a/*")}
+    cfg.principals = [dataclasses.replace(p, account_actions=actions.get(p.name, p.account_actions))
+                      for p in cfg.principals]
+    thread = ServerThread(cfg).start()
+    thread.cfg = cfg
+    thread.p = {p.name: p for p in cfg.principals}
+    thread.kms = {name: client(thread.endpoint, p) for name, p in thread.p.items()}
+    yield thread
+    thread.stop()
+
+
+def test_creating_a_key_does_not_give_alias_names(named_srv):
+    """The default policy gives a key's creator kms:* on it; the alias names are
+    the identity permissions' (account_actions) to give."""
+    creator, team = named_srv.kms["creator"], named_srv.kms["team"]
+    mine = creator.create_key()["KeyMetadata"]["KeyId"]
+    creator.encrypt(KeyId=mine, Plaintext=b"x")  # the key is fully theirs
+    for name in ("alias/lake-payroll", "alias/team-a/x"):
+        assert code(lambda name=name: creator.create_alias(AliasName=name, TargetKeyId=mine)) == "AccessDeniedException"
+    teams = team.create_key()["KeyMetadata"]["KeyId"]
+    team.create_alias(AliasName="alias/team-a/lake", TargetKeyId=teams)
+    for name in ("alias/team-b/lake", "alias/team-ab", "alias/lake-payroll"):
+        assert code(lambda name=name: team.create_alias(AliasName=name, TargetKeyId=teams)) == "AccessDeniedException"
+    # inside its namespace the key policy still decides: not to the creator's key
+    assert code(lambda: team.update_alias(AliasName="alias/team-a/lake", TargetKeyId=mine)) == \
+        "AccessDeniedException"
+    team.update_alias(AliasName="alias/team-a/lake", TargetKeyId=teams)
+    team.delete_alias(AliasName="alias/team-a/lake")
+    assert named_srv.kms["admin"].list_aliases()["Aliases"] == []
+
+
+HOSTS = {  # signed Host header -> accepted (hostnames = 127.0.0.1, KMS.test, pinned.test:8443)
+    "kms.test": True, "kms.test:9": True, "kms.test:8443": True, "pinned.test:8443": True,
+    "pinned.test:9443": False, "pinned.test": False, "kms-other.example:8443": False, "kms.test.evil": False,
+    "evil.kms.test": False,
+}
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_hostnames_refuse_requests_signed_for_another_server(named_srv, host):
+    status, body, rid = send(named_srv, _signed_for_host(named_srv, host), LIST)
+    if HOSTS[host]:
+        assert status == 200, body
+    else:
+        assert (status, body.get("__type")) == (400, "InvalidSignatureException"), body
+        (rec,) = records_for(named_srv, rid)
+        assert (rec["outcome"], rec["principal"], rec["access_key"]) == \
+            ("denied", "-", named_srv.p["admin"].access_key_id)
+
+
+def test_hostnames_accept_the_configured_address(named_srv):
+    assert named_srv.kms["admin"].list_keys()["Keys"] is not None  # boto3: Host 127.0.0.1:<port>
 
 
 # -- the same hostile input against PostgreSQL storage ------------------------------------------

@@ -56,6 +56,9 @@ secret_access_key_env = "KMS_ADMIN_SECRET"
     ("[server]", 'tls_cert = "c.pem"', "tls_cert and tls_key go together"),
     ("[server]", "bogus = 1", "unknown setting"),
     ("[server]", "workers = 0", "workers must be between"),
+    ("[server]", 'hostnames = "kms.internal"', "hostnames must be a list"),
+    ("[server]", 'hostnames = ["kms internal"]', "not a host name"),
+    ("[server]", 'hostnames = ["https://kms.internal"]', "not a host name"),
     ("[master_key]", "", None),
 ])
 def test_refusals(tmp_path, section, line, message):
@@ -82,3 +85,37 @@ def test_dev_config_has_one_admin(tmp_path):
     (admin,) = cfg.principals
     assert admin.account_actions == ("kms:*",) and admin.access_key_id.startswith("AKIA") and len(admin.secret) == 40
     assert cfg.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("kms:CreateKey:alias/team-a/*", "applies only to kms:CreateAlias"),
+    ("kms:List*:alias/team-a/*", "applies only to kms:CreateAlias"),
+    ("kms:CreateAlias:alias/team a", "an alias pattern holds only"),
+    ("kms:CreateAlias:alias/", "an alias pattern holds only"),
+])
+def test_bad_alias_patterns_are_refused(tmp_path, entry, message):
+    path = _write(tmp_path, BASE.replace('["kms:ListKeys"]', f'["kms:ListKeys", "{entry}"]'))
+    (path.parent / "etl.secret").write_text("etl-secret-0123456789")
+    with pytest.raises(ConfigurationError, match=message):
+        load(path)
+
+
+def test_alias_patterns_and_hostnames_are_read(tmp_path):
+    from encfs.server.service import Caller
+
+    actions = '["kms:CreateKey", "kms:CreateAlias:alias/team-a/*", "kms:*Alias:alias/shared/?"]'
+    path = _write(tmp_path, BASE.replace('["kms:ListKeys"]', actions)
+                  .replace("[server]\n", '[server]\nhostnames = ["kms.internal", "[::1]:8443"]\n'))
+    (path.parent / "etl.secret").write_text("etl-secret-0123456789")
+    cfg = load(path)
+    assert cfg.hostnames == ("kms.internal", "[::1]:8443")
+    (etl,) = cfg.principals
+    caller = Caller(etl.arn, etl.access_key_id, etl.account_actions)
+    assert caller.may("CreateKey") and not caller.may("CreateAlias") and not caller.may("ListKeys")
+    assert caller.may("CreateAlias", "alias/team-a/x") and caller.may("CreateAlias", "alias/team-a/x/y")
+    assert not caller.may("CreateAlias", "alias/team-ab") and not caller.may("CreateAlias", "alias/Team-A/x")
+    assert not caller.may("UpdateAlias", "alias/team-a/x") and not caller.may("DeleteAlias", "alias/team-a/x")
+    assert caller.may("DeleteAlias", "alias/shared/1") and not caller.may("DeleteAlias", "alias/shared/12")
+    # a pattern never widens a non-alias action; an entry without one covers every name
+    assert not Caller("a", "k", ("kms:*:alias/x",)).may("CreateKey")
+    assert Caller("a", "k", ("kms:*",)).may("UpdateAlias", "alias/anything")

@@ -138,7 +138,7 @@ class KeyServer:
         self.sink = sink or _default_sink(cfg, self.storage)
         self.audit = GroupCommitter(self.sink)
         self.clock = clock
-        self.verifier = Verifier(cfg.region, skew=cfg.clock_skew_seconds, clock=clock)
+        self.verifier = Verifier(cfg.region, skew=cfg.clock_skew_seconds, clock=clock, hostnames=cfg.hostnames)
         self.principals: dict[str, Principal] = {}
         # Access keys read from storage, reused for at most this long (the
         # principal revocation bound, docs/SERVER.md "High availability"):
@@ -277,12 +277,20 @@ class KeyServer:
                 self._access_keys[access_key_id] = (now + self.access_key_ttl, ak)
         return ak
 
-    async def _authenticate(self, request: web.BaseRequest, body: bytes) -> Caller:
+    async def _authenticate(self, request: web.BaseRequest, body: bytes, record: dict[str, Any]) -> Caller:
         claims = self.verifier.parse(request.headers)
+        # Claimed, not yet proven (and not a secret): a refused sign-in is
+        # still attributable to the access key it tried.
+        record["access_key"] = _untrusted(claims.access_key_id)
         self.verifier.check_claims(claims)
+        self.verifier.check_host(request.headers.getall("Host", []))
         if "x-amz-target" not in claims.signed_headers:
             raise KMSError("InvalidSignatureException", "the x-amz-target header must be signed")
-        ak = await self._access_key(claims.access_key_id)
+        ak = None
+        if claims.access_key_id.isascii() and claims.access_key_id.isprintable():
+            # (header bytes that are not UTF-8 arrive as lone surrogates, which
+            # the database driver cannot even encode: no such key, not a 500)
+            ak = await self._access_key(claims.access_key_id)
         if ak is None:
             # Principals come from storage, which every replica shares (a
             # sync through any of them applies to all): not from this
@@ -306,10 +314,7 @@ class KeyServer:
         started = time.perf_counter()
         target = request.headers.get("X-Amz-Target", "")
         operation = target[len(TARGET_PREFIX):] if target.startswith(TARGET_PREFIX) else target or "-"
-        if not (operation.isascii() and operation.isprintable() and len(operation) <= 128):
-            # Unauthenticated input headed for the audit record and the log:
-            # non-UTF-8 header bytes arrive as lone surrogates.
-            operation = operation[:128].encode("ascii", "backslashreplace").decode("ascii")
+        operation = _untrusted(operation)
         call: Call | None = None
         record: dict[str, Any] = {"time": now_iso(), "principal": "-", "action": operation, "request_id": rid,
                                   "source": request.remote}
@@ -324,7 +329,7 @@ class KeyServer:
             except web.HTTPRequestEntityTooLarge:
                 raise KMSError("ValidationException", f"request body larger than {self.cfg.max_body_bytes} bytes",
                                413) from None
-            caller = await self._authenticate(request, body)
+            caller = await self._authenticate(request, body, record)
             record["principal"], record["access_key"] = caller.arn, caller.access_key_id
             if not target.startswith(TARGET_PREFIX):
                 raise KMSError("UnknownOperationException", "X-Amz-Target must be TrentService.<Operation>")
@@ -373,6 +378,15 @@ class KeyServer:
                    ms=round((time.perf_counter() - started) * 1000, 3))
         return web.Response(body=payload, status=status, content_type=CONTENT_TYPE,
                             headers={"x-amzn-RequestId": rid})
+
+
+def _untrusted(value: str, limit: int = 128) -> str:
+    """Unauthenticated header text headed for the audit record and the log:
+    printable ASCII, at most ``limit`` characters before escaping (non-UTF-8
+    header bytes arrive as lone surrogates)."""
+    if value.isascii() and value.isprintable() and len(value) <= limit:
+        return value
+    return value[:limit].encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _run_loop(coro: Any) -> Any:

@@ -18,7 +18,10 @@ See docs/SERVER.md for the reference; in short::
     name = "etl"                  # arn:aws:iam::<account>:user/etl unless arn = "..."
     access_key_id = "AKIA..."
     secret_access_key_env = "ETL_SECRET"   # or secret_access_key_file, or (dev only) secret_access_key
-    account_actions = ["kms:ListKeys"]     # actions not about one key (CreateKey, ListKeys, ListAliases, GenerateRandom)
+    account_actions = ["kms:ListKeys", "kms:CreateAlias:alias/etl/*"]
+    # actions not about one key (CreateKey, ListKeys, ListAliases, GenerateRandom),
+    # and alias operations (Create/Update/DeleteAlias), optionally only on
+    # alias names matching a pattern after the action
 
 Secrets are read once at startup, sealed under the master key into storage,
 and never logged or echoed.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 import string
 import sys
@@ -83,6 +87,11 @@ class ServerConfig:
     #: a principal revoked by a sync is refused everywhere.  None: 1 s on
     #: PostgreSQL (a round trip per request saved), 0 (no cache) on SQLite.
     access_key_cache_seconds: float | None = None
+    #: The names clients reach this server by (``host`` or ``host:port``):
+    #: when set, a request whose signed Host header names another server is
+    #: refused (a request captured on its way to one server cannot be
+    #: replayed against another that shares the principal's access key).
+    hostnames: tuple[str, ...] = ()
     #: ``encfs server --sync-principals``: store this config's principals even
     #: where other replicas share the database (never from the file: a
     #: one-off act, see encfs/server/principals.py).
@@ -110,12 +119,38 @@ class ServerConfig:
             seen.add(p.access_key_id)
             if len(p.secret) < 16:
                 raise ConfigurationError(f"principals: the secret of {p.name} is shorter than 16 characters")
+            for entry in p.account_actions:
+                _check_account_action(p.name, entry)
+        for name in self.hostnames:
+            if not _HOSTNAME.fullmatch(name):
+                raise ConfigurationError(f"server: hostnames: {name!r} is not a host name or host:port")
         if not 1 <= self.workers <= 64:
             raise ConfigurationError("server: workers must be between 1 and 64")
         if self.access_key_cache_seconds is not None and not 0 <= self.access_key_cache_seconds <= 10:
             raise ConfigurationError("server: access_key_cache_seconds must be between 0 and 10")
         if not (0 < self.max_body_bytes <= 1 << 20):
             raise ConfigurationError("server: max_body_bytes must be between 1 and 1048576")
+
+
+_HOSTNAME = re.compile(r"(?:[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_ALIAS_PATTERN = re.compile(r"alias/[A-Za-z0-9/_*?-]+")
+
+
+def _check_account_action(principal: str, entry: str) -> None:
+    """account_actions entries: "kms:<Action>" (wildcards allowed), or
+    "kms:<Action>:alias/<pattern>" for an alias operation on matching names."""
+    from .policy import _like
+    from .service import ALIAS_ACTIONS, split_account_action
+
+    action, names = split_account_action(entry)
+    if names is None:
+        return
+    if not _ALIAS_PATTERN.fullmatch(names):
+        raise ConfigurationError(f"principals: {principal}: {entry!r}: an alias pattern holds only letters, "
+                                 "digits, / _ - and the wildcards * ?")
+    if not any(_like(action, f"kms:{op}", ignore_case=True) for op in ALIAS_ACTIONS):
+        raise ConfigurationError(f"principals: {principal}: {entry!r}: an alias pattern applies only to "
+                                 "kms:CreateAlias, kms:UpdateAlias and kms:DeleteAlias")
 
 
 def _loopback(host: str) -> bool:
@@ -162,7 +197,8 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
     srv = dict(doc.get("server") or {})
     known = {"host", "port", "region", "account", "data_dir", "tls_cert", "tls_key", "max_body_bytes",
              "max_inflight", "clock_skew_seconds", "min_deletion_days", "sweep_seconds", "shutdown_timeout",
-             "log_requests", "workers", "access_key_cache_seconds"}
+             "log_requests", "workers", "access_key_cache_seconds",
+             "hostnames"}
     unknown = set(srv) - known
     if unknown:
         raise ConfigurationError(f"server: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -175,7 +211,7 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
         clock_skew_seconds=int(srv.get("clock_skew_seconds", 300)),
         min_deletion_days=int(srv.get("min_deletion_days", 7)), sweep_seconds=float(srv.get("sweep_seconds", 60)),
         shutdown_timeout=float(srv.get("shutdown_timeout", 10)), log_requests=bool(srv.get("log_requests", False)),
-        workers=int(srv.get("workers", 1)),
+        workers=int(srv.get("workers", 1)), hostnames=_hostnames(srv.get("hostnames", [])),
         access_key_cache_seconds=(None if srv.get("access_key_cache_seconds") is None
                                   else float(srv["access_key_cache_seconds"])),
     )
@@ -212,6 +248,12 @@ def from_dict(doc: dict[str, Any], base: Path = Path(".")) -> ServerConfig:
         ))
     cfg.check()
     return cfg
+
+
+def _hostnames(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigurationError("server: hostnames must be a list of host names (or host:port)")
+    return tuple(value)
 
 
 def _check_database_url(url: str) -> None:

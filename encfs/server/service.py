@@ -44,6 +44,10 @@ _ALIAS = re.compile(r"^alias/[a-zA-Z0-9/_-]+$")
 #: Operations that are not about one key: allowed by the principal's
 #: account_actions in the config (the IAM-policy stand-in).
 ACCOUNT_ACTIONS = {"CreateKey", "ListKeys", "ListAliases", "GenerateRandom"}
+#: Operations that need the identity permission on the alias (as KMS needs
+#: kms:<Op> on the alias ARN from an IAM policy) besides the key policy's on
+#: the key: ``account_actions`` entries such as "kms:CreateAlias:alias/team-a/*".
+ALIAS_ACTIONS = ("CreateAlias", "UpdateAlias", "DeleteAlias")
 CRYPTO_OPERATIONS = {"Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext"}
 
 
@@ -53,8 +57,25 @@ class Caller:
     access_key_id: str
     account_actions: tuple[str, ...] = ()
 
-    def may(self, action: str) -> bool:
-        return any(policy._like(p, f"kms:{action}", ignore_case=True) for p in self.account_actions)
+    def may(self, action: str, alias: str | None = None) -> bool:
+        """Whether account_actions allow ``kms:<action>``; for an alias
+        operation, on the alias ``alias``.  An entry "kms:<Action>:<alias
+        pattern>" allows only alias operations on matching names (case-sensitive,
+        as alias names are); an entry without a pattern allows every name."""
+        for entry in self.account_actions:
+            pattern, names = split_account_action(entry)
+            if names is not None and (alias is None or not policy._like(names, alias)):
+                continue
+            if policy._like(pattern, f"kms:{action}", ignore_case=True):
+                return True
+        return False
+
+
+def split_account_action(entry: str) -> tuple[str, str | None]:
+    """"kms:CreateAlias:alias/team-a/*" -> ("kms:CreateAlias", "alias/team-a/*");
+    "kms:ListKeys" -> ("kms:ListKeys", None)."""
+    at = entry.find(":alias/")
+    return (entry, None) if at < 0 else (entry[:at], entry[at + 1:])
 
 
 @dataclass
@@ -411,9 +432,21 @@ class Service:
             raise KMSError("NotAuthorizedException", "alias/aws/ is reserved for AWS managed keys")
         return name
 
-    async def _create_alias(self, call: Call) -> dict[str, Any]:
+    def _alias_for(self, call: Call) -> str:
+        """The request's alias name, once the caller's identity permissions
+        (account_actions) allow this operation on it: a key policy alone
+        would let anyone allowed CreateAlias on their own key claim any free
+        name (writers of ``aws-kms://alias/<name>`` would then encrypt under
+        that key).  Checked before the alias is looked up, so a refused caller
+        does not learn which names exist."""
         name = self._alias_name(call.params["AliasName"])
         call.details["alias"] = name
+        if not call.caller.may(call.operation, name):
+            raise self._denied(call, self.alias_arn(name), call.operation, "no identity-based policy allows")
+        return name
+
+    async def _create_alias(self, call: Call) -> dict[str, Any]:
+        name = self._alias_for(call)
         async with self.storage.transaction(write=True) as tx:
             key = await self._key_for(tx, call, "CreateAlias", ident=call.params["TargetKeyId"])
             if key.state == PENDING_DELETION:
@@ -427,8 +460,7 @@ class Service:
         return {}
 
     async def _update_alias(self, call: Call) -> dict[str, Any]:
-        name = self._alias_name(call.params["AliasName"])
-        call.details["alias"] = name
+        name = self._alias_for(call)
         async with self.storage.transaction(write=True) as tx:
             alias = await tx.get_alias(name)
             if alias is None:
@@ -445,8 +477,7 @@ class Service:
         return {}
 
     async def _delete_alias(self, call: Call) -> dict[str, Any]:
-        name = self._alias_name(call.params["AliasName"])
-        call.details["alias"] = name
+        name = self._alias_for(call)
         async with self.storage.transaction(write=True) as tx:
             alias = await tx.get_alias(name)
             if alias is None:

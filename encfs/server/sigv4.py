@@ -93,10 +93,28 @@ class _Recompute(SigV4Auth):
 
 
 class Verifier:
-    def __init__(self, region: str, *, skew: float = 300.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, region: str, *, skew: float = 300.0, clock: Callable[[], float] = time.time,
+                 hostnames: tuple[str, ...] = ()) -> None:
         self.region = region
         self.skew = skew
         self.clock = clock
+        #: lower-cased; a bare name matches it on any port, "name:port" that port only
+        self.hostnames = frozenset(h.lower() for h in hostnames)
+
+    def check_host(self, hosts: list[str]) -> None:
+        """With ``hostnames`` configured: every (signed) Host header must name
+        this server, so a request signed for another server that trusts the
+        same access key cannot be replayed here."""
+        if not self.hostnames:
+            return
+        if not hosts:
+            raise _invalid("the host header must be signed")
+        for value in hosts:
+            host = value.strip().lower()
+            bare = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") and "]:" in host \
+                else host
+            if host not in self.hostnames and bare not in self.hostnames:
+                raise _invalid("the signed host header names another server than this one")
 
     def parse(self, headers: Mapping[str, str]) -> SignedRequest:
         auth = headers.get("Authorization")
