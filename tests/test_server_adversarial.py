@@ -1121,6 +1121,20 @@ def test_hostnames_refuse_requests_signed_for_another_server(named_srv, host):
             ("denied", "-", named_srv.p["admin"].access_key_id)
 
 
+def test_host_matching_with_ports_and_ipv6():
+    from encfs.server.protocol import KMSError
+    from encfs.server.sigv4 import Verifier
+
+    v = Verifier(REGION, hostnames=("[::1]", "[fd00::1]:8443", "kms.internal"))
+    for ok in (["[::1]"], ["[::1]:8443"], ["[FD00::1]:8443"], ["kms.internal:1"], ["kms.internal"]):
+        v.check_host(ok)
+    for bad in ([], ["[fd00::1]"], ["[fd00::1]:9"], ["::1"], ["kms.internal", "evil.example"], ["kms.internal."]):
+        with pytest.raises(KMSError) as exc:
+            v.check_host(bad)
+        assert exc.value.code == "InvalidSignatureException", bad
+    Verifier(REGION).check_host(["anything.example:1"])  # not configured: not checked
+
+
 def test_hostnames_accept_the_configured_address(named_srv):
     assert named_srv.kms["admin"].list_keys()["Keys"] is not None  # boto3: Host 127.0.0.1:<port>
 
