@@ -1008,3 +1008,60 @@ def test_line_reading_of_damaged_tails_on_memory_and_local(memfs: Any, tmp_path:
                 if plain[: len(b"".join(got))] != b"".join(got):
                     problems.append(f"{name}: {label} released WRONG BYTES")
     assert not problems
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow])
+@given(plan=plans(), seed=st.integers(0, 2**16), lies=st.lists(st.sampled_from([None, *LIES]), min_size=1,
+                                                                max_size=6))
+def test_random_lies_per_request_never_yield_wrong_bytes(efs: EncryptedFileSystem, raw: Any, server: LyingS3,
+                                                         plan: Any, seed: int, lies: list[str | None]) -> None:
+    """Each GET answered with the next lie of a random list (None: the
+    truth), under a random read plan: every answer is the original's bytes
+    or IntegrityError."""
+    size, ops = plan
+    data = _plain(seed, max(size, 1))
+    path = _path(raw, "lies")
+    efs.pipe_file(path, data)
+    ct = raw.cat_file(path)
+    turn = iter(range(10**6))
+
+    def hook(environ: dict, status: str, headers: list, body: bytes) -> tuple[str, list, bytes]:
+        lie = lies[next(turn) % len(lies)]
+        if lie is None:
+            return status, headers, body
+        chosen = LIES[lie][0] or _body(lambda b: ct)
+        return chosen(environ, status, headers, body)
+
+    server.hook = hook
+    try:
+        f = efs.open(path, "rb")
+    except IntegrityError:
+        return
+    pos = 0
+    with f:
+        for op in [*ops, ("read", -1)]:
+            try:
+                if op[0] == "seek":
+                    pos = f.seek(max(0, op[1]))
+                    continue
+                if op[0] == "cat":
+                    # bounds from the end would depend on the size each lie claims
+                    a, b = (None if x is None or x < 0 else x for x in op[1:])
+                    got = efs.cat_file(path, start=a, end=b)
+                    assert got == data[a:b], op  # the whole range: a lie never shortens an answer
+                    continue
+                if op[0] == "read":
+                    got = f.read(op[1])
+                    want = data[pos:] if op[1] < 0 else data[pos : pos + op[1]]
+                elif op[0] == "readline":
+                    got = f.readline(op[1])
+                    want = io.BytesIO(data[pos:]).readline(op[1])
+                else:
+                    got = b"".join(next(f, b"") for _ in range(op[1]))
+                    rest = io.BytesIO(data[pos:])
+                    want = b"".join(rest.readline() for _ in range(op[1]))
+                assert got == want, op
+                pos += len(got)
+            except IntegrityError:
+                pos = f.seek(pos)
