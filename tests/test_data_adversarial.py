@@ -63,11 +63,15 @@ class LyingS3(MotoServer):
     server in the attacker's hands would)."""
 
     hook: Hook | None = None
+    #: Called before moto handles any request (e.g. to make uploads slow).
+    before: Callable[[dict], None] | None = None
 
     def _app(self, app: Any) -> Any:
         inner = super()._app(app)
 
         def lying(environ: dict, start_response: Any) -> Any:
+            if self.before is not None:
+                self.before(environ)
             hook = self.hook
             if hook is None or environ["REQUEST_METHOD"] != "GET" or environ.get("PATH_INFO", "").startswith("/moto-api"):
                 return inner(environ, start_response)
@@ -105,9 +109,9 @@ def raw(server: LyingS3) -> Any:
 @pytest.fixture(autouse=True)
 def _honest(server: LyingS3, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("ENCFS_AUDIT_LOG", "off")
-    server.hook = None
+    server.hook = server.before = None
     yield
-    server.hook = None
+    server.hook = server.before = None
 
 
 @pytest.fixture(params=["probe-header", "probe-default"])
@@ -800,6 +804,42 @@ def test_interrupt_during_a_concurrent_upload_stores_nothing(raw: Any, server: L
                 f.close()  # as pandas does: never commits what failed
     assert not raw.exists(path)
     assert not _uploads(server, raw)
+
+
+def test_aborted_upload_outlives_no_part_in_flight(raw: Any, server: LyingS3, encfs_home: Any) -> None:
+    """A write that fails while parts are uploading: the abort is sent only
+    once every part request in flight has been answered.  (A part request
+    cancelled on the client side may still be stored by S3 after the abort;
+    S3 then keeps that part's storage until the upload is aborted again.)"""
+    import time
+
+    efs = EncryptedFileSystem(fs=raw, keystore=str(encfs_home), skip_instance_cache=True)
+    path = _path(raw, "abort-order")
+    events: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def before(environ: dict) -> None:
+        query = environ.get("QUERY_STRING", "")
+        if environ["REQUEST_METHOD"] == "PUT" and "partNumber" in query:
+            time.sleep(0.3)  # a slow upload: still in flight when the writer fails
+            with lock:
+                events.append(("part answered", time.monotonic()))
+        elif environ["REQUEST_METHOD"] == "DELETE" and "uploadId" in query:
+            with lock:
+                events.append(("abort", time.monotonic()))
+
+    server.before = before
+    with pytest.raises(RuntimeError), efs.open(path, "wb") as f:
+        for _ in range(20):  # two parts sent, both slow
+            f.write(os.urandom(MiB))
+        raise RuntimeError("fail while parts upload")
+    time.sleep(0.5)  # let any part request the client gave up on finish on the server
+    server.before = None
+    aborts = [t for name, t in events if name == "abort"]
+    assert aborts, events
+    late = [t - aborts[0] for name, t in events if name == "part answered" and t > aborts[0]]
+    assert not late, f"{len(late)} part request(s) still running when the upload was aborted"
+    assert not raw.exists(path) and not _uploads(server, raw)
 
 
 @pytest.mark.parametrize("target", ["memory", "local", "s3"])

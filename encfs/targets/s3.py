@@ -253,10 +253,11 @@ class S3MultipartSink(Sink):
 
     def discard(self) -> None:
         self._buf = bytearray()
-        for fut in self._pending:
-            fut.cancel()
         # Let parts in flight finish (or fail) before the abort, so none
-        # lands after it and leaves a stray part behind.
+        # lands after it and leaves a stray part behind.  Not cancelled:
+        # a request the client gives up on may still be stored by S3 after
+        # the abort ("might or might not succeed"; its storage then stays
+        # until the upload is aborted again).  At most IN_FLIGHT parts.
         concurrent.futures.wait(self._pending)
         self._pending = []
         if self._upload_id is not None:
