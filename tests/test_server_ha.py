@@ -220,6 +220,45 @@ def test_concurrent_admin_calls_on_two_replicas_lose_no_update(replicas):
     assert tags == {f"{n}-{i}" for n in range(4) for i in range(10)}
 
 
+def test_the_hot_path_reads_the_database_once_per_request(replicas, monkeypatch):
+    """GenerateDataKey, Encrypt and Decrypt through an alias and a grant (the
+    policy alone does not allow): alias, key, key version and grants come in
+    one statement, read afresh by every request (besides the access key,
+    reused for at most access_key_cache_seconds, and the audit batch)."""
+    from encfs.server import postgres
+
+    admin_a, _ = replicas.clients("admin")
+    alice_a, alice_b = replicas.clients("alice")
+    key = admin_a.create_key()["KeyMetadata"]["KeyId"]
+    alias = f"alias/rt-{key[:8]}"
+    admin_a.create_alias(AliasName=alias, TargetKeyId=key)
+    grant = admin_a.create_grant(KeyId=key, GranteePrincipal=arn("alice"),
+                                 Operations=["GenerateDataKey", "Encrypt", "Decrypt"])
+    dk = alice_a.generate_data_key(KeyId=alias, KeySpec="AES_256")
+    statements: list[str] = []
+
+    def counting(method):
+        async def wrapper(self, sql, args):
+            if "FROM access_keys" not in sql:
+                statements.append(sql)
+            return await method(self, sql, args)
+        return wrapper
+
+    monkeypatch.setattr(postgres._Tx, "_one", counting(postgres._Tx._one))
+    monkeypatch.setattr(postgres._Tx, "_all", counting(postgres._Tx._all))
+    for call in (lambda kms: kms.generate_data_key(KeyId=alias, KeySpec="AES_256"),
+                 lambda kms: kms.encrypt(KeyId=key, Plaintext=b"x"),
+                 lambda kms: kms.decrypt(CiphertextBlob=dk["CiphertextBlob"])):
+        for kms in (alice_a, alice_b):
+            statements.clear()
+            call(kms)
+            assert len(statements) == 1, statements
+    # Still read afresh: the revoke is enforced by the next request.
+    admin_a.revoke_grant(KeyId=key, GrantId=grant["GrantId"])
+    with pytest.raises(ClientError, match="AccessDenied"):
+        alice_b.decrypt(CiphertextBlob=dk["CiphertextBlob"])
+
+
 def test_a_replica_with_an_older_config_neither_revokes_nor_resurrects_principals(postgres, tmp_path):
     """Principals live in the database; a replica whose config differs from
     it refuses to start unless told to sync (docs/SERVER.md, "Configuration reference")."""
