@@ -30,7 +30,7 @@ else
 fi
 # --no-compile: byte-compiling ~1 GB of packages took a third of the install
 # time; Python compiles what the tests import on first use.
-python -m pip install -q --disable-pip-version-check --no-compile "${pin[@]}" -e ".[test]" 2>&1 \
+python -m pip install -q --disable-pip-version-check --no-compile ${pin[@]+"${pin[@]}"} -e ".[test]" 2>&1 \
     | { grep -v "^WARNING: Location 'file:" || true; } >&2
 echo "tests/run.sh: installed in $SECONDS s; running pytest" >&2
 
