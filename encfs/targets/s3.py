@@ -258,7 +258,14 @@ class S3MultipartSink(Sink):
         # a request the client gives up on may still be stored by S3 after
         # the abort ("might or might not succeed"; its storage then stays
         # until the upload is aborted again).  At most IN_FLIGHT parts.
-        concurrent.futures.wait(self._pending)
+        # Except on s3fs's own loop (a finalizer run there by the garbage
+        # collector), where waiting for that loop would never end (nor does
+        # a cancelled request's future settle before the loop runs it).
+        if _on_loop(self.fs.loop):
+            for fut in self._pending:
+                fut.cancel()
+        else:
+            concurrent.futures.wait(self._pending)
         self._pending = []
         if self._upload_id is not None:
             upload_id, self._upload_id = self._upload_id, None
@@ -267,6 +274,14 @@ class S3MultipartSink(Sink):
             except FileNotFoundError:
                 pass  # already completed or aborted
         self.done = True
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Is the calling thread running ``loop``?"""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _read_body(fs: S3FileSystem, resp: dict[str, Any]) -> bytes:
