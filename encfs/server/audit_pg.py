@@ -21,7 +21,6 @@ copy the printed head hash elsewhere to detect a rewrite of the whole trail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 import socket
@@ -34,17 +33,6 @@ from .postgres import PostgresStorage, redact_url
 from .storage import StorageUnavailable
 
 _servers = itertools.count(1)
-
-
-def _pipeline_supported() -> bool:
-    try:
-        import psycopg
-    except ModuleNotFoundError:
-        return False
-    return bool(psycopg.Pipeline.is_supported())
-
-
-_PIPELINE = _pipeline_supported()
 
 
 def replica_name() -> str:
@@ -86,29 +74,30 @@ class PostgresAuditSink(AuditSink):
 
         async with self.storage.connection() as conn:
             try:
-                # Two round trips per batch in pipeline mode (libpq >= 14):
-                # BEGIN with the head's lock, then the inserts, the head's
-                # move and COMMIT together (five without it).
-                async with conn.pipeline() if _PIPELINE else contextlib.nullcontext() as pipe:
-                    await conn.execute("BEGIN")
-                    cur = await conn.execute("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-                    if pipe is not None:
-                        await pipe.sync()
-                    head = await cur.fetchone()
-                    seq, prev = int(head["seq"]), str(head["hash"])
-                    rows = []
-                    for record in records:
-                        seq += 1
-                        record.pop("hash", None)  # a retried batch is chained afresh
-                        record["replica"] = self.replica
-                        record["seq"] = seq
-                        record["prev"] = prev
-                        record["hash"] = prev = record_hash(record)
-                        rows.append((seq, canonical(record).decode()))
-                    async with conn.cursor() as c:
-                        await c.executemany("INSERT INTO audit_log (seq, record) VALUES (%s, %s)", rows)
-                    await conn.execute("UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1", (seq, prev))
-                    await conn.execute("COMMIT")
+                # Two round trips and two statements sent per batch, however
+                # many records: the simple query protocol (a client-side
+                # cursor, values escaped by libpq) carries several statements
+                # in one message.  First BEGIN with the head's lock...
+                cur = psycopg.AsyncClientCursor(conn)
+                await cur.execute("BEGIN; SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+                cur.nextset()
+                head = await cur.fetchone()
+                seq, prev = int(head["seq"]), str(head["hash"])
+                seqs, lines = [], []
+                for record in records:
+                    seq += 1
+                    record.pop("hash", None)  # a retried batch is chained afresh
+                    record["replica"] = self.replica
+                    record["seq"] = seq
+                    record["prev"] = prev
+                    record["hash"] = prev = record_hash(record)
+                    seqs.append(seq)
+                    lines.append(canonical(record).decode())
+                # ...then the records, the head's move and COMMIT together.
+                await cur.execute("WITH added AS (INSERT INTO audit_log (seq, record)"
+                                  " SELECT * FROM unnest(%s::bigint[], %s::text[]))"
+                                  " UPDATE audit_head SET seq = %s, hash = %s WHERE id = 1; COMMIT",
+                                  (seqs, lines, seq, prev))
             except psycopg.OperationalError as exc:
                 raise StorageUnavailable(f"audit append failed: {type(exc).__name__}") from None
             except BaseException:
