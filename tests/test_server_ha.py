@@ -527,6 +527,33 @@ def test_a_database_dump_and_the_config_decrypt_nothing_without_the_hsm(hsm_repl
 # -- audit across replicas -----------------------------------------------------------------
 
 
+def test_audit_batches_keep_every_character_of_their_records(postgres):
+    """A batch travels as one JSON array literal: quotes, backslashes,
+    escapes, non-ASCII and control characters come back byte for byte, and
+    the chain verifies."""
+    from encfs.audit import canonical
+    from encfs.server.audit_pg import DatabaseAuditLog, PostgresAuditSink
+
+    url = postgres.createdb("au_" + uuid.uuid4().hex[:8])
+    values = ['"quoted" \\ back\\slash', "caf\u00e9 \U0001f600 \u2028", "nul \x00 tab \t \\u0000", "'; DROP TABLE x; --"]
+
+    async def go():
+        st = PostgresStorage(url)
+        await st.open()
+        sink = PostgresAuditSink(st, replica="r1")
+        batches = [[{"action": "A", "v": v, "i": i} for i, v in enumerate(values)], [{"action": "B", "v": values[0]}]]
+        for batch in batches:
+            await sink.write(batch)
+        await st.close()
+        return [r for b in batches for r in b]
+
+    written = run(go())
+    log = DatabaseAuditLog(url)
+    assert [line for _, line in log.lines()] == [canonical(r) for r in written]
+    result = log.verify()
+    assert result.ok and result.count == 5, result.problems
+
+
 def test_every_request_on_any_replica_lands_in_one_verified_chain(tmp_path, postgres):
     import psycopg
 
