@@ -253,3 +253,21 @@ def test_sealed_keystore_accepts_no_edit(sealed_store, data, monkeypatch):
     finally:
         _write(home, doc)
     assert canonical(edited) == canonical(doc), "an edited sealed keystore was accepted"
+
+
+def test_sealed_keystore_refuses_an_edit_that_defaults_would_hide(sealed_store, monkeypatch):
+    """Found by the property above (hypothesis 6.170.17): dropping the empty
+    ``deleted`` map changed nothing once the loader filled in its default,
+    and the MAC was checked after that default, so the edit was accepted.
+    The MAC now covers the document exactly as stored."""
+    monkeypatch.setenv("ENCFS_PASSPHRASE", "fuzz pass")
+    home, ks, doc = sealed_store
+    assert doc["deleted"] == {}
+    edited = {k: v for k, v in doc.items() if k != "deleted"}
+    _write(home, edited)
+    ks._doc = None
+    try:
+        with pytest.raises(KeystoreError, match="authentication"):
+            ks.list_ids()
+    finally:
+        _write(home, doc)

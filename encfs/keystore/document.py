@@ -129,6 +129,10 @@ class DocumentStore:
             check_document(doc)
         except SchemaError as exc:
             raise corrupted(str(exc)) from None
+        # The MAC covers the document exactly as stored: computed before any
+        # default is filled in, so even an edit that changes nothing once
+        # defaults apply (dropping an empty "deleted") is refused.
+        authenticated = canonical(doc)
         doc.setdefault("deleted", {})
         sealer = self.sealer(doc)
         if sealer is None:
@@ -143,7 +147,7 @@ class DocumentStore:
             # was stripped to slip in unauthenticated changes.
             raise corrupted("the document MAC is missing (format downgraded)")
         if doc["format"] == FORMAT_SEALED and not (
-                sealer.authenticates and sealer.verify_mac(canonical(doc), doc["mac"])):
+                sealer.authenticates and sealer.verify_mac(authenticated, doc["mac"])):
             raise corrupted("the document failed authentication (tampered with, or not written by encfs)")
         return doc
 
