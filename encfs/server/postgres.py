@@ -45,6 +45,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .rows import access_key_from_row as _access_key
+from .rows import actions_text as _actions_text
+from .rows import alias_from_row as _alias
+from .rows import grant_from_row as _grant
+from .rows import key_from_row as _key
+from .rows import key_values as _key_values
+from .rows import version_from_row as _version
 from .storage import (
     AccessKey,
     AliasRecord,
@@ -117,47 +124,6 @@ def redact_url(url: str) -> str:
         host += f":{parts.port}"
     user = f"{parts.username}:***@" if parts.username else ""
     return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
-
-
-def _key(row: dict[str, Any]) -> KeyRecord:
-    return KeyRecord(
-        key_id=row["key_id"], arn=row["arn"], created=row["created"], policy=row["policy"], creator=row["creator"],
-        description=row["description"], state=row["state"], usage=row["usage"], spec=row["spec"],
-        current_version=row["current_version"], deletion_date=row["deletion_date"],
-        rotation_enabled=bool(row["rotation_enabled"]), rotation_period_days=row["rotation_period_days"],
-        next_rotation=row["next_rotation"], tags=json.loads(row["tags"]),
-    )
-
-
-def _key_values(r: KeyRecord) -> tuple[Any, ...]:
-    return (r.arn, r.created, r.policy, r.creator, r.description, r.state, r.usage, r.spec, r.current_version,
-            r.deletion_date, int(r.rotation_enabled), r.rotation_period_days, r.next_rotation,
-            json.dumps(r.tags, sort_keys=True), r.key_id)
-
-
-def _version(row: dict[str, Any]) -> KeyVersion:
-    return KeyVersion(key_id=row["key_id"], version=row["version"], created=row["created"],
-                      rotation_type=row["rotation_type"], wrapped=bytes(row["wrapped"]),
-                      master_key_id=row["master_key_id"])
-
-
-def _grant(row: dict[str, Any]) -> GrantRecord:
-    return GrantRecord(
-        grant_id=row["grant_id"], key_id=row["key_id"], grantee=row["grantee"], retiring=row["retiring"],
-        operations=json.loads(row["operations"]), constraints=json.loads(row["constraints"]), name=row["name"],
-        created=row["created"], issuing_account=row["issuing_account"], creator=row["creator"],
-    )
-
-
-def _alias(row: dict[str, Any]) -> AliasRecord:
-    return AliasRecord(name=row["name"], key_id=row["key_id"], created=row["created"], updated=row["updated"])
-
-
-def _access_key(row: dict[str, Any]) -> AccessKey:
-    actions = row["account_actions"]
-    return AccessKey(access_key_id=row["access_key_id"], principal_arn=row["principal_arn"],
-                     sealed_secret=bytes(row["sealed_secret"]), master_key_id=row["master_key_id"],
-                     created=row["created"], account_actions=None if actions is None else tuple(json.loads(actions)))
 
 
 #: Transaction.prefetch's one statement: the alias (if ``ident`` is one), the
@@ -347,7 +313,7 @@ class _Tx(Transaction):
             " master_key_id = EXCLUDED.master_key_id, created = EXCLUDED.created,"
             " account_actions = EXCLUDED.account_actions",
             (rec.access_key_id, rec.principal_arn, rec.sealed_secret, rec.master_key_id, rec.created,
-             None if rec.account_actions is None else json.dumps(list(rec.account_actions))))
+             _actions_text(rec.account_actions)))
 
     async def list_access_keys(self) -> list[AccessKey]:
         return [_access_key(r) for r in await self._all("SELECT * FROM access_keys ORDER BY access_key_id", ())]

@@ -25,6 +25,13 @@ from typing import Any
 from filelock import BaseFileLock, Timeout
 
 from ..portable import file_lock
+from .rows import access_key_from_row as _access_key
+from .rows import actions_text as _actions_text
+from .rows import alias_from_row as _alias
+from .rows import grant_from_row as _grant
+from .rows import key_from_row as _key
+from .rows import key_values as _key_values
+from .rows import version_from_row as _version
 from .storage import (
     AccessKey,
     AliasRecord,
@@ -71,51 +78,6 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE access_keys ADD COLUMN account_actions TEXT",
     ],
 ]
-
-
-def _key(row: sqlite3.Row) -> KeyRecord:
-    return KeyRecord(
-        key_id=row["key_id"], arn=row["arn"], created=row["created"], policy=row["policy"], creator=row["creator"],
-        description=row["description"], state=row["state"], usage=row["usage"], spec=row["spec"],
-        current_version=row["current_version"], deletion_date=row["deletion_date"],
-        rotation_enabled=bool(row["rotation_enabled"]), rotation_period_days=row["rotation_period_days"],
-        next_rotation=row["next_rotation"], tags=json.loads(row["tags"]),
-    )
-
-
-def _key_values(r: KeyRecord) -> tuple[Any, ...]:
-    return (r.arn, r.created, r.policy, r.creator, r.description, r.state, r.usage, r.spec, r.current_version,
-            r.deletion_date, int(r.rotation_enabled), r.rotation_period_days, r.next_rotation,
-            json.dumps(r.tags, sort_keys=True), r.key_id)
-
-
-def _version(row: sqlite3.Row) -> KeyVersion:
-    return KeyVersion(key_id=row["key_id"], version=row["version"], created=row["created"],
-                      rotation_type=row["rotation_type"], wrapped=bytes(row["wrapped"]),
-                      master_key_id=row["master_key_id"])
-
-
-def _grant(row: sqlite3.Row) -> GrantRecord:
-    return GrantRecord(
-        grant_id=row["grant_id"], key_id=row["key_id"], grantee=row["grantee"], retiring=row["retiring"],
-        operations=json.loads(row["operations"]), constraints=json.loads(row["constraints"]), name=row["name"],
-        created=row["created"], issuing_account=row["issuing_account"], creator=row["creator"],
-    )
-
-
-def _alias(row: sqlite3.Row) -> AliasRecord:
-    return AliasRecord(name=row["name"], key_id=row["key_id"], created=row["created"], updated=row["updated"])
-
-
-def _actions_text(actions: tuple[str, ...] | None) -> str | None:
-    return None if actions is None else json.dumps(list(actions))
-
-
-def _access_key(row: sqlite3.Row) -> AccessKey:
-    actions = row["account_actions"]
-    return AccessKey(access_key_id=row["access_key_id"], principal_arn=row["principal_arn"],
-                     sealed_secret=bytes(row["sealed_secret"]), master_key_id=row["master_key_id"],
-                     created=row["created"], account_actions=None if actions is None else tuple(json.loads(actions)))
 
 
 class _Tx(Transaction):
