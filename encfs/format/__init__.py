@@ -79,11 +79,9 @@ def encrypt_object(
     return head + b"".join(seal_segments(SegmentCipher(keys.body_key), plaintext, segment_size))
 
 
-def decrypt_object(data: bytes, dek: bytes, path: str | None = None) -> tuple[Header, bytes]:
-    """Authenticate and decrypt a whole in-memory object with a known data key."""
-    header = parse_header(data, path)
-    keys = derive_object_keys(dek, header.object_id, header.suite)
-    header.verify(keys, path)
+def _open_body(data: bytes, header: Header, keys: ObjectKeys, path: str | None) -> bytes:
+    """Authenticate every segment of a whole in-memory object and return its
+    plaintext; IntegrityError for a wrong size or any failed segment."""
     size = plaintext_size(len(data), header.segment_size, header.header_region)
     if size is None:
         raise IntegrityError(path)
@@ -97,7 +95,15 @@ def decrypt_object(data: bytes, dek: bytes, path: str | None = None) -> tuple[He
             out += cipher.open(i, data[off : off + stride], i == n - 1)
         except SegmentAuthError:
             raise IntegrityError(path) from None
-    return header, bytes(out)
+    return bytes(out)
+
+
+def decrypt_object(data: bytes, dek: bytes, path: str | None = None) -> tuple[Header, bytes]:
+    """Authenticate and decrypt a whole in-memory object with a known data key."""
+    header = parse_header(data, path)
+    keys = derive_object_keys(dek, header.object_id, header.suite)
+    header.verify(keys, path)
+    return header, _open_body(data, header, keys, path)
 
 
 def reframe_object(data: bytes, header: Header, keys: ObjectKeys, wrapped_keys: list[WrappedKey] | tuple[WrappedKey, ...],
@@ -111,18 +117,8 @@ def reframe_object(data: bytes, header: Header, keys: ObjectKeys, wrapped_keys: 
     bytes are kept as they are (same object id, same body key), and the new
     header has the same context bytes and a new MAC over its new region size.
     """
-    size = plaintext_size(len(data), header.segment_size, header.header_region)
-    if size is None:
-        raise IntegrityError(path)
-    cipher = SegmentCipher(keys.body_key)
-    n = segment_count(size, header.segment_size)
-    stride = header.segment_size + TAG_BYTES
+    _open_body(data, header, keys, path)
     body = data[header.header_region :]
-    for i in range(n):
-        try:
-            cipher.open(i, body[i * stride : (i + 1) * stride], i == n - 1)
-        except SegmentAuthError:
-            raise IntegrityError(path) from None
     ctx_len = len(header.mac_input) - FIXED_BYTES - 2 - len(header.commitment)
     plan = HeaderPlan(segment_size=header.segment_size, object_id=header.object_id, context=header.context,
                       keys=keys, wrapped_keys=wrapped_keys, suite=header.suite,
@@ -131,12 +127,46 @@ def reframe_object(data: bytes, header: Header, keys: ObjectKeys, wrapped_keys: 
 
 
 __all__ = [
-    "MAGIC", "VERSION", "VERSION_1_0", "VERSION_1_1", "HeaderPlan", "COMPACT_END", "COMPACT_LANES",
-    "COMPACT_MAX_BODY", "COMPACT_REGIONS", "body_size", "choose_region", "region_for_size", "SUITE_AES256GCM_HKDF_SHA256_COMMIT", "SUPPORTED_SUITES", "PATH_KEY",
-    "Header", "WrappedKey", "ObjectKeys", "SegmentCipher", "SegmentAuthError",
-    "DEK_BYTES", "OBJECT_ID_BYTES", "DEFAULT_SEGMENT", "HEADER_REGION", "TAG_BYTES",
-    "encode_header", "parse_header", "peek_is_encfs", "replace_wrapped_keys",
-    "encode_context", "decode_context", "derive_object_keys",
-    "check_segment_size", "ciphertext_size", "plaintext_size", "segment_count",
-    "segment_offset", "covering_segments", "seal_segments", "encrypt_object", "decrypt_object", "reframe_object",
+    "COMPACT_END",
+    "COMPACT_LANES",
+    "COMPACT_MAX_BODY",
+    "COMPACT_REGIONS",
+    "DEFAULT_SEGMENT",
+    "DEK_BYTES",
+    "HEADER_REGION",
+    "MAGIC",
+    "OBJECT_ID_BYTES",
+    "PATH_KEY",
+    "SUITE_AES256GCM_HKDF_SHA256_COMMIT",
+    "SUPPORTED_SUITES",
+    "TAG_BYTES",
+    "VERSION",
+    "VERSION_1_0",
+    "VERSION_1_1",
+    "Header",
+    "HeaderPlan",
+    "ObjectKeys",
+    "SegmentAuthError",
+    "SegmentCipher",
+    "WrappedKey",
+    "body_size",
+    "check_segment_size",
+    "choose_region",
+    "ciphertext_size",
+    "covering_segments",
+    "decode_context",
+    "decrypt_object",
+    "derive_object_keys",
+    "encode_context",
+    "encode_header",
+    "encrypt_object",
+    "parse_header",
+    "peek_is_encfs",
+    "plaintext_size",
+    "reframe_object",
+    "region_for_size",
+    "replace_wrapped_keys",
+    "seal_segments",
+    "segment_count",
+    "segment_offset",
 ]
