@@ -1,0 +1,86 @@
+"""Line reading keeps Python's file semantics on both of its paths (issue 11,
+item 6): objects up to encfs.file.LINE_WHOLE are decrypted whole into one
+cursor whose C ``readline`` and iterator serve the file; larger ones go
+through windows.  Each case runs on both paths against io.BytesIO."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+import encfs.file
+
+DATA = b"".join(b"line %d %s\n" % (i, b"x" * (i % 37)) for i in range(400)) + b"tail without newline"
+
+
+@pytest.fixture(params=["whole", "windowed"])
+def f(request, efs_mem, monkeypatch):
+    if request.param == "windowed":
+        monkeypatch.setattr(encfs.file, "LINE_WHOLE", 0)
+        monkeypatch.setattr(encfs.file, "LINE_WINDOW", 1000)
+    efs_mem.pipe_file("/lines.txt", DATA)
+    with efs_mem.open("/lines.txt", "rb") as fh:
+        yield fh
+
+
+def test_a_bound_readline_stays_right_across_seek_and_read(f):
+    oracle = io.BytesIO(DATA)
+    f.readline()
+    oracle.readline()
+    rl, orl = f.readline, oracle.readline  # bound after the first line, as iter(f.readline, b"") does
+    for step in range(30):
+        if step % 7 == 3:
+            assert f.seek(step * 211) == oracle.seek(step * 211)
+        elif step % 7 == 5:
+            assert f.read(step * 13) == oracle.read(step * 13)
+        assert rl() == orl()
+        assert f.tell() == oracle.tell()
+    assert list(iter(rl, b"")) == list(iter(orl, b""))
+
+
+def test_a_seek_inside_a_for_loop_continues_from_there(f):
+    oracle = io.BytesIO(DATA)
+
+    def walk(fh):
+        out, jumped = [], False
+        for line in fh:
+            out.append(line)
+            if len(out) == 5 and not jumped:
+                jumped = True
+                fh.seek(3000)
+            if len(out) == 12:
+                break
+        return out, fh.tell()
+
+    assert walk(f) == walk(oracle)
+    assert f.read() == oracle.read()
+
+
+def test_lines_and_reads_interleave(f):
+    oracle = io.BytesIO(DATA)
+    it, oit = iter(f), iter(oracle)
+    for _ in range(50):
+        assert next(it) == next(oit)
+        assert f.read(17) == oracle.read(17)
+        assert f.readline(9) == oracle.readline(9)
+    assert f.readlines() == oracle.readlines()
+    assert f.readline() == b""
+    assert list(f) == []
+
+
+def test_after_close_every_line_call_raises(f):
+    rl = f.readline
+    rl()
+    it = iter(f)
+    f.close()
+    with pytest.raises(ValueError):
+        f.readline()
+    with pytest.raises(ValueError):
+        iter(f)
+    # A kept readline and iterator (the closed cursor's own, on the whole
+    # path) raise too instead of answering from the closed file.
+    with pytest.raises(ValueError):
+        rl()
+    with pytest.raises(ValueError):
+        next(it)
