@@ -165,6 +165,9 @@ class ObjectReader:
         self._cipher = SegmentCipher(keys.body_key)
         del _dek, keys
         self._final_ok = False
+        # Ciphertext buffer reused by large local reads (_fetch_run).
+        self._sealed = bytearray()
+        self._sealed_lock = threading.Lock()
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         # Guards the cache's bookkeeping only (fetching and decrypting stay
         # concurrent): eviction from several threads at once broke the dict.
@@ -227,6 +230,19 @@ class ObjectReader:
             return memoryview(head)[start:end]
         return self.io.fetch(self.path, start, end)
 
+    def _fetch_run(self, start: int, end: int) -> bytes | memoryview:
+        """:meth:`_fetch` for :meth:`_read_into` while it holds
+        ``_sealed_lock``: on targets that read into a buffer (local disk), a
+        large range lands in the reader's reused ciphertext buffer instead
+        of a fresh one."""
+        if end <= len(self._head) or self.ct_size <= SMALL_OBJECT or self._guess is not None:
+            return self._fetch(start, end)
+        n = end - start
+        if len(self._sealed) < n:
+            self._sealed = bytearray(n)
+        view = memoryview(self._sealed)[:n]
+        return view[: self.io.fetch_into(self.path, start, view)]
+
     def _open_segment(self, index: int, sealed: bytes | memoryview) -> bytes:
         final = index == self.nseg - 1
         try:
@@ -266,7 +282,10 @@ class ObjectReader:
         out.write(b"\0")  # sizes the buffer once
         cached = self._cached(segs)
         keep: bytes | None = None  # the last segment, when the next sequential read starts inside it
-        with out.getbuffer() as view:
+        # The reused ciphertext buffer, unless another thread has it.
+        own = self.io.reads_into and self._sealed_lock.acquire(blocking=False)
+        fetch = self._fetch_run if own else self._fetch
+        with out.getbuffer() as view, _released(self._sealed_lock if own else None):
             i = first
             while i <= last:
                 plain = cached.get(i)
@@ -279,7 +298,7 @@ class ObjectReader:
                 while j < last and j + 1 not in cached and (j + 1 - i) * seg < FETCH_RUN:
                     j += 1
                 lo, hi = self._span(i, j + 1)
-                blob = self._fetch(lo, hi)
+                blob = fetch(lo, hi)
                 if len(blob) != hi - lo:
                     raise IntegrityError(self.path)  # object changed size under us
                 sealed, stride = memoryview(blob), self._stride
@@ -484,6 +503,16 @@ class ObjectReader:
         if end is not None and end < 0:
             end = max(0, size + end)
         return self.read(start, end)
+
+
+@contextlib.contextmanager
+def _released(lock: threading.Lock | None) -> Iterator[None]:
+    """Release ``lock`` (already acquired; None: nothing) on the way out."""
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _refuse(f: Any, what: str) -> NoReturn:

@@ -29,6 +29,9 @@ class TargetIO:
     concurrent = False
     #: Default sequential read window, bytes (EncryptedFileSystem.read_block_size).
     read_block = 8 * MiB
+    #: :meth:`fetch_into` reads straight into the caller's buffer (else it
+    #: fetches and copies, and readers prefer :meth:`fetch`).
+    reads_into = False
 
     def __init__(self, fs: AbstractFileSystem) -> None:
         self.fs = fs
@@ -43,6 +46,13 @@ class TargetIO:
         if start is None and end is None:
             return self.fs.cat_file(path)
         return self.fs.cat_file(path, start=start, end=end)
+
+    def fetch_into(self, path: str, start: int, out: memoryview) -> int:
+        """Read bytes from ``start`` into ``out``; how many arrived (fewer at
+        the end of the object)."""
+        data = self.fetch(path, start, start + len(out))
+        out[: len(data)] = data
+        return len(data)
 
     def size(self, path: str) -> int:
         return int(self.fs.size(path))
