@@ -7,6 +7,11 @@ Target (issue 11 item 6): enc within 2x of plain fsspec (enc / plain time
 
     python benchmarks/bench_lines.py            # 4.2 MB object, 7 rounds
     python benchmarks/bench_lines.py --quick    # 1 MB, 3 rounds
+    python benchmarks/bench_lines.py --mib 32   # a 32 MiB object: the windowed path
+
+Objects up to encfs.file.LINE_WHOLE (8 MiB) are decrypted whole into one
+buffer whose C readline/iterator serve the file; larger ones are read in
+windows of LINE_WINDOW with a Python call per ``readline()``.
 """
 
 from __future__ import annotations
@@ -47,8 +52,12 @@ def readlines_loop(fs: Any, path: str) -> int:
 
 
 def main() -> int:
-    args = parser(__doc__.split("\n")[0]).parse_args()
-    size = (1 if args.quick else 4.2) * MiB
+    ap = parser(__doc__.split("\n")[0])
+    ap.add_argument("--mib", type=float, default=None,
+                    help="object size in MiB (default 4.2; above encfs.file.LINE_WHOLE, 8 MiB, lines go through "
+                         "windows instead of one buffer)")
+    args = ap.parse_args()
+    size = (args.mib or (1 if args.quick else 4.2)) * MiB
     rounds = 3 if args.quick else 7
     data = jsonl(int(size))
     report = Report("lines", params={"bytes": len(data), "lines": data.count(b"\n"), "rounds": rounds})

@@ -661,19 +661,23 @@ class EncryptedReadFile(AbstractBufferedFile):
         return cur
 
     def readline(self, size: int | None = -1) -> bytes:
+        cur = self._cur
+        if cur is not None and size == -1:
+            # The windowed common case first, kept short: a whole line in the
+            # window (an active cursor means the file is open).
+            line = cur.readline()
+            if line[-1:] == b"\n":
+                return line
+            return line + self._readline(-1) if line else self._readline(-1)
         if self.closed:
             raise ValueError("I/O operation on closed file")
         if self.size <= LINE_WHOLE:
             return self._whole_cursor().readline(size)
-        cur = self._cur
-        if cur is not None and (size is None or size < 0):
-            line = cur.readline()  # the common case, kept short: a whole line in the window
-            if line[-1:] == b"\n":
-                return line
-            return line + self._readline(-1) if line else self._readline(-1)
         return self._readline(-1 if size is None or size < 0 else int(size))
 
     def _readline(self, want: int) -> bytes:
+        if self._whole:  # reached through the class's readline: the cursor's end is the object's
+            return self._cur.readline(want)  # type: ignore[union-attr]
         pieces: list[bytes] = []
         while want:
             cur = self._cur or self._cursor(False)

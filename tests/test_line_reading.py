@@ -84,3 +84,15 @@ def test_after_close_every_line_call_raises(f):
         rl()
     with pytest.raises(ValueError):
         next(it)
+
+
+def test_the_class_readline_agrees_with_the_installed_one(f):
+    """Code that calls the method through the class (a subclass's super(),
+    or the unbound function) gets the same lines, to the end."""
+    oracle = io.BytesIO(DATA)
+    rl = type(f).readline
+    got = []
+    while line := rl(f):
+        got.append(line)
+    assert got == oracle.readlines()
+    assert rl(f) == b"" and rl(f, 5) == b""
