@@ -40,11 +40,13 @@ from .format import (
     TAG_BYTES,
     Header,
     HeaderPlan,
+    ObjectKeys,
     SegmentAuthError,
     SegmentCipher,
     WrappedKey,
     covering_segments,
     derive_object_keys,
+    open_body,
     parse_header,
     plaintext_size,
     segment_count,
@@ -118,6 +120,57 @@ def _calls_exit_for_exception(frame: Any) -> bool:
     return _WITH_EXCEPT_START is not None and 0 <= i < len(code) and code[i] == _WITH_EXCEPT_START
 
 
+def authenticate_header(efs: EncryptedFileSystem, path: str, head: bytes,
+                        ct_size: int) -> tuple[Header, ObjectKeys, int]:
+    """Parse and authenticate the header at the start of ``head`` (the
+    first bytes of the ``ct_size``-byte object at ``path``) for reading: the
+    header, the object's keys and its plaintext size (FORMAT.md section 7).
+
+    The one place a read checks a header, in this order: parse, unwrap (the
+    key commitment), the header MAC, the bound path, the configured context
+    (a mismatch there is real, not tampering: the MAC has verified), and
+    that the ciphertext size maps to a plaintext size under this header.
+    Both :class:`ObjectReader` and :func:`read_whole` start here.
+    """
+    header = read_header(efs, path, head)
+    _dek, keys = efs.keyring.unwrap(header, path)
+    del _dek
+    header.verify(keys, path)
+    if efs.bind_path and header.context.get(PATH_KEY) != efs._bound_path(path):
+        raise IntegrityError(path)
+    efs._check_context(header, path)
+    size = plaintext_size(ct_size, header.segment_size, header.header_region)
+    if size is None:
+        raise IntegrityError(path)
+    return header, keys, size
+
+
+def read_whole(efs: EncryptedFileSystem, path: str) -> bytes:
+    """The whole plaintext of the object at target path ``path`` (``cat_file``
+    without a range).
+
+    When the opening probe brings the whole object (every small object),
+    it is authenticated and decrypted in one step: :func:`authenticate_header`
+    then :func:`~encfs.format.open_body`, which authenticates every segment,
+    the final one included, so truncation and extension are caught as by
+    the reader.  No :class:`ObjectReader` is built (its locks, segment cache
+    and readahead are most of a small read's cost, issue 11).  A larger
+    object goes to the reader with the probe's answer.
+    """
+    head, ct_size = efs.io.probe(path, probe_size(efs.segment_size))
+    if head is None:
+        # The target could not answer the probe (e.g. HTTP 416 for an empty
+        # object): the reader asks for the size, then the bytes, as it would.
+        return ObjectReader(efs, path, efs.io.size(path) if ct_size is None else ct_size).read_range(None, None)
+    if ct_size is None or len(head) < ct_size:
+        return ObjectReader(efs, path, ct_size, head=head).read_range(None, None)
+    # A copy: never hold a view of the target's buffer past one read.
+    data = bytes(head[:ct_size])
+    del head
+    header, keys, _size = authenticate_header(efs, path, data, ct_size)
+    return open_body(data, header, keys, path)
+
+
 class ObjectReader:
     """Authenticated random access to one encrypted object (FORMAT.md section 7).
 
@@ -130,16 +183,17 @@ class ObjectReader:
     """
 
     def __init__(self, efs: EncryptedFileSystem, path: str, ct_size: int | None = None,
-                 guess: tuple[int, int, Any] | None = None) -> None:
+                 guess: tuple[int, int, Any] | None = None, head: bytes | memoryview | None = None) -> None:
         self.efs, self.path = efs, path
         self.io = io = efs.io
         # (start, end, future): ciphertext fetched ahead of the header on a
         # guess of the layout (fs.cat_file); used by _fetch only for exactly
         # that range, and authenticated like any other bytes.
         self._guess = guess
-        head: bytes | memoryview | None = None
+        # ``head``: the answer of a probe the caller already made (read_whole),
+        # with its ``ct_size`` (None when the probe did not tell it).
         probe = probe_size(efs.segment_size)
-        if ct_size is None:
+        if ct_size is None and head is None:
             head, ct_size = io.probe(path, probe)
         if ct_size is None:
             ct_size = io.size(path)
@@ -149,21 +203,13 @@ class ObjectReader:
         # A copy: never hold a view of the target's buffer past one read.
         self._head = bytes(head[:ct_size])
         del head
-        self.header = header = read_header(efs, path, self._head)
-        _dek, keys = efs.keyring.unwrap(header, path)
-        header.verify(keys, path)
-        if efs.bind_path and header.context.get(PATH_KEY) != efs._bound_path(path):
-            raise IntegrityError(path)
-        efs._check_context(header, path)  # authenticated by now: a mismatch is real, not tampering
-        size = plaintext_size(self.ct_size, header.segment_size, header.header_region)
-        if size is None:
-            raise IntegrityError(path)
-        self.size = size
+        header, keys, size = authenticate_header(efs, path, self._head, ct_size)
+        self.header, self.size = header, size
         self.segment_size = header.segment_size
         self._stride = header.segment_size + TAG_BYTES
         self.nseg = segment_count(size, header.segment_size)
         self._cipher = SegmentCipher(keys.body_key)
-        del _dek, keys
+        del keys
         self._final_ok = False
         # Ciphertext buffer reused by large local reads (_fetch_run).
         self._sealed = bytearray()
@@ -765,10 +811,13 @@ def write_whole(efs: EncryptedFileSystem, path: str, data: Any, exclusive: bool 
     plan, cipher, wrapped = _new_object(efs, path)
     seg = efs.segment_size
     n = segment_count(len(view), seg)
-    sealed = [cipher.seal(i, view[i * seg : (i + 1) * seg], i == n - 1) for i in range(n)]
+    if n == 1:
+        body = cipher.seal(0, view, True)  # a small object: one final segment
+    else:
+        body = b"".join([cipher.seal(i, view[i * seg : (i + 1) * seg], i == n - 1) for i in range(n)])
     sink = efs.io.open_sink(path, exclusive)
     try:
-        sink.write(plan.region(sum(map(len, sealed))) + b"".join(sealed))
+        sink.write(plan.region(len(body)) + body)
         efs.keyring.record_plaintext(wrapped, len(view))
         sink.commit()
     except BaseException:

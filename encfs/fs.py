@@ -45,6 +45,7 @@ from .file import (
     EncryptedWriteFile,
     ObjectReader,
     read_header,
+    read_whole,
     write_whole,
 )
 from .format import (
@@ -456,6 +457,12 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
                 return self.reader(path, _guess=guess).read_range(start, end)
             finally:
                 guess[2].cancel()
+        if start is None and end is None:
+            # The whole object: a small one is authenticated and decrypted
+            # straight from the opening probe (file.read_whole).
+            tpath = self._target_path(path)
+            self._check_regular(tpath)
+            return read_whole(self, tpath)
         return self.reader(path).read_range(start, end)
 
     def reader(self, path: str, _guess: Any = None) -> ObjectReader:

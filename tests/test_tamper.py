@@ -30,10 +30,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import encfs.errors
 import encfs.file
 from encfs import EncryptedFileSystem
 from encfs.errors import (
     ConfigurationError,
+    ContextMismatchError,
     EncfsError,
     FormatError,
     IntegrityError,
@@ -946,3 +948,140 @@ def test_context_flips_with_service_context(target: Target) -> None:
     target.put_raw(path, raw)
     assert efs.cat_file(path) == plain
     assert not problems, "\n".join(problems[:20])
+
+
+# -- the whole-object read (cat_file without a range: encfs.file.read_whole) ---------------------
+#
+# cat_file of an object the opening probe brings whole is authenticated and
+# decrypted without an ObjectReader.  It must catch exactly what the reader
+# catches, with the same error: every damage below is read both ways
+# (open().read() is always the reader) and the two outcomes compared.
+
+#: Plaintext sizes: one segment in a compact region, six in a v1.0 region.
+WHOLE_SIZES = {"compact": 1000, "multi": SIZE}
+
+
+def _whole_read_is_fast(t: Target, size: str) -> bool:
+    """Does this target's probe bring an object of this size whole?"""
+    return size == "compact" or not t.name.endswith("-ranged")
+
+
+@pytest.fixture
+def reader_inits(monkeypatch) -> list[str]:
+    """Paths every ObjectReader is built for (the reader itself unchanged)."""
+    seen: list[str] = []
+    real = encfs.file.ObjectReader.__init__
+
+    def counting(self, efs, path, *args, **kwargs):
+        seen.append(path)
+        real(self, efs, path, *args, **kwargs)
+
+    monkeypatch.setattr(encfs.file.ObjectReader, "__init__", counting)
+    return seen
+
+
+@pytest.mark.parametrize("size", list(WHOLE_SIZES))
+def test_whole_object_cat_file_takes_the_fast_path(target: Target, size: str, reader_inits: list[str]) -> None:
+    plain = _plain(30, WHOLE_SIZES[size])
+    path, _raw = _write(target, f"fast-{size}.bin", plain)
+    reader_inits.clear()
+    assert target.efs.cat_file(path) == plain
+    assert target.efs.cat_file("enc::" + path if target.name.startswith("local") else path) == plain
+    assert (reader_inits == []) == _whole_read_is_fast(target, size), reader_inits
+    assert target.efs.cat_file(path, start=1, end=9) == plain[1:9]  # a range still goes to the reader
+    assert reader_inits
+
+
+def _region(raw: bytes) -> int:
+    return struct.unpack_from(">I", raw, 8)[0]
+
+
+def _flip(raw: bytes, pos: int, bit: int = 0) -> bytes:
+    bad = bytearray(raw)
+    bad[pos] ^= 1 << bit
+    return bytes(bad)
+
+
+def _damaged(t: Target, kind: str, size: str, path: str, raw: bytes) -> tuple[bytes, EncryptedFileSystem]:
+    """The bytes to store at ``path`` for damage ``kind``, and who reads them."""
+    fields = header_fields(raw)
+    region = _region(raw)
+    body = len(raw) - region
+    if kind.startswith("header-"):
+        start, end = fields[kind[len("header-"):]]
+        return _flip(raw, (start + end) // 2, 3 if kind == "header-version" else 1), t.efs
+    stores = {
+        "body-first-byte": lambda: _flip(raw, region),
+        "body-last-byte": lambda: _flip(raw, len(raw) - TAG_BYTES - 1, 7),
+        "tag-first-segment": lambda: _flip(raw, region + min(SEG, body - TAG_BYTES) + 3),
+        "tag-last-segment": lambda: _flip(raw, len(raw) - 1),
+        "truncate-1": lambda: raw[:-1],
+        "truncate-tag": lambda: raw[:-TAG_BYTES],
+        "truncate-to-header": lambda: raw[:region],
+        "truncate-into-header": lambda: raw[: region // 2],
+        "extend-1": lambda: raw + b"\x00",
+        "extend-segment": lambda: raw + raw[region:region + STRIDE],
+        "swap-first-segments": lambda: (raw[:region] + raw[region + STRIDE : region + 2 * STRIDE]
+                                        + raw[region : region + STRIDE] + raw[region + 2 * STRIDE :])
+        if body > 2 * STRIDE else _flip(raw, region + 5),
+    }
+    if kind in stores:
+        return stores[kind](), t.efs
+    if kind == "other-path":  # a valid object of another path copied here
+        other = t.path(f"elsewhere-{size}.bin")
+        t.efs.pipe_file(other, _plain(31, WHOLE_SIZES[size]))
+        return t.get_raw(other), t.efs
+    if kind == "other-body":  # this header, another object's body of the same size
+        other = t.path(f"donor-{size}.bin")
+        t.efs.pipe_file(other, _plain(32, WHOLE_SIZES[size]))
+        return raw[:region] + t.get_raw(other)[region:], t.efs
+    if kind == "context-mismatch":  # intact, but this reader requires a context the writer did not bind
+        return raw, t.sibling(context={"tenant": "other"})
+    if kind == "wrong-keystore":
+        home = t.home.parent / f"other-home-{t.name}"
+        other = t.sibling(keystore=str(home))
+        other.pipe_file(t.path("forces-other-key.bin"), b"x")
+        return raw, other
+    raise AssertionError(kind)
+
+
+WHOLE_DAMAGE = [
+    *(f"header-{f}" for f in ("magic", "version", "region_length", "segment_size", "object_id", "context",
+                               "commitment", "mac", "wrapped_key_id", "wrapped_blob", "padding")),
+    "body-first-byte", "body-last-byte", "tag-first-segment", "tag-last-segment",
+    "truncate-1", "truncate-tag", "truncate-to-header", "truncate-into-header", "extend-1", "extend-segment",
+    "swap-first-segments", "other-path", "other-body", "context-mismatch", "wrong-keystore",
+]
+
+
+def _outcome(read: Callable[[], bytes]) -> tuple[str, str]:
+    try:
+        return "returned", f"{len(read())} bytes"
+    except Exception as exc:  # noqa: BLE001 - the outcome is what is compared
+        return type(exc).__name__, str(exc)
+
+
+@pytest.mark.parametrize("size", list(WHOLE_SIZES))
+@pytest.mark.parametrize("kind", WHOLE_DAMAGE)
+def test_whole_object_read_fails_exactly_as_the_reader(target: Target, kind: str, size: str,
+                                                      reader_inits: list[str]) -> None:
+    plain = _plain(33, WHOLE_SIZES[size])
+    path, raw = _write(target, f"whole-{size}.bin", plain)
+    data, efs = _damaged(target, kind, size, path, raw)
+    target.put_raw(path, data)
+    reader_inits.clear()
+    fast = _outcome(lambda: efs.cat_file(path))
+    # Taken whenever the probe brings the whole (damaged) object.
+    assert (reader_inits == []) == (len(data) <= encfs.file.probe_size(efs.segment_size)), reader_inits
+    slow = _outcome(lambda: _read_open(efs, path, None, None))
+    assert reader_inits, "open().read() must go through the ObjectReader"
+    assert fast[0] != "returned", f"cat_file returned {fast[1]} of a damaged object"
+    assert fast == slow
+    assert issubclass(getattr(encfs.errors, fast[0]), WHOLE_EXPECTED.get(kind, IntegrityError)), fast
+
+
+WHOLE_EXPECTED: dict[str, ErrorTypes] = {
+    "header-magic": FormatError, "header-version": (IntegrityError, UnsupportedVersionError),
+    "header-wrapped_key_id": KEY_NAMING, "context-mismatch": ContextMismatchError,
+    "wrong-keystore": NoUsableKeyError,
+}

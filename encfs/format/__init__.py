@@ -79,20 +79,34 @@ def encrypt_object(
     return head + b"".join(seal_segments(SegmentCipher(keys.body_key), plaintext, segment_size))
 
 
-def _open_body(data: bytes, header: Header, keys: ObjectKeys, path: str | None) -> bytes:
+def open_body(data: bytes | memoryview, header: Header, keys: ObjectKeys, path: str | None) -> bytes:
     """Authenticate every segment of a whole in-memory object and return its
-    plaintext; IntegrityError for a wrong size or any failed segment."""
+    plaintext; IntegrityError for a wrong size or any failed segment.
+
+    ``header`` must have been verified with ``keys``.  This is the one
+    place a whole object's body is opened: :func:`decrypt_object`,
+    :func:`reframe_object` and the reader's whole-object path
+    (``encfs.file.read_whole``) all come here."""
     size = plaintext_size(len(data), header.segment_size, header.header_region)
     if size is None:
         raise IntegrityError(path)
     cipher = SegmentCipher(keys.body_key)
     n = segment_count(size, header.segment_size)
+    view = memoryview(data)
+    region = header.header_region
+    if n == 1:
+        # A small object (the common case for cat_file): one final segment,
+        # opened straight from the object's bytes, no join.
+        try:
+            return cipher.open(0, view[region:], True)
+        except SegmentAuthError:
+            raise IntegrityError(path) from None
     stride = header.segment_size + TAG_BYTES
     out = bytearray()
     for i in range(n):
-        off = segment_offset(i, header.segment_size, header.header_region)
+        off = segment_offset(i, header.segment_size, region)
         try:
-            out += cipher.open(i, data[off : off + stride], i == n - 1)
+            out += cipher.open(i, view[off : off + stride], i == n - 1)
         except SegmentAuthError:
             raise IntegrityError(path) from None
     return bytes(out)
@@ -103,7 +117,7 @@ def decrypt_object(data: bytes, dek: bytes, path: str | None = None) -> tuple[He
     header = parse_header(data, path)
     keys = derive_object_keys(dek, header.object_id, header.suite)
     header.verify(keys, path)
-    return header, _open_body(data, header, keys, path)
+    return header, open_body(data, header, keys, path)
 
 
 def reframe_object(data: bytes, header: Header, keys: ObjectKeys, wrapped_keys: list[WrappedKey] | tuple[WrappedKey, ...],
@@ -117,7 +131,7 @@ def reframe_object(data: bytes, header: Header, keys: ObjectKeys, wrapped_keys: 
     bytes are kept as they are (same object id, same body key), and the new
     header has the same context bytes and a new MAC over its new region size.
     """
-    _open_body(data, header, keys, path)
+    open_body(data, header, keys, path)
     body = data[header.header_region :]
     ctx_len = len(header.mac_input) - FIXED_BYTES - 2 - len(header.commitment)
     plan = HeaderPlan(segment_size=header.segment_size, object_id=header.object_id, context=header.context,
@@ -160,6 +174,7 @@ __all__ = [
     "encode_context",
     "encode_header",
     "encrypt_object",
+    "open_body",
     "parse_header",
     "peek_is_encfs",
     "plaintext_size",

@@ -12,8 +12,6 @@ be rewritten (rename, rewrap) without nonce reuse.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from cryptography.hazmat.primitives import constant_time, hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF, HKDFExpand
 
@@ -25,13 +23,47 @@ _LABEL_MAC = b"ENCF v1 header mac key"
 _LABEL_COMMIT = b"ENCF v1 key commitment"
 
 
-@dataclass(frozen=True)
 class ObjectKeys:
-    """Keys of one object.  ``repr`` shows nothing secret."""
+    """Keys of one object: immutable; ``repr`` shows nothing secret and it
+    never pickles (as :class:`~encfs.format.SegmentCipher`).
 
-    body_key: bytes = field(repr=False)
-    mac_key: bytes = field(repr=False)
-    commitment: bytes = field(repr=False)
+    A plain ``__slots__`` class, not a frozen dataclass: one is made for
+    every object written or read, and the dataclass's generated
+    ``__init__`` cost more than the three HKDF expansions' Python side.
+    """
+
+    __slots__ = ("body_key", "commitment", "mac_key")
+
+    body_key: bytes
+    mac_key: bytes
+    commitment: bytes
+
+    def __init__(self, body_key: bytes, mac_key: bytes, commitment: bytes) -> None:
+        init = object.__setattr__
+        init(self, "body_key", body_key)
+        init(self, "mac_key", mac_key)
+        init(self, "commitment", commitment)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("ObjectKeys is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("ObjectKeys is immutable")
+
+    def __repr__(self) -> str:
+        return "ObjectKeys(<keys hidden>)"
+
+    def __reduce__(self):  # never pickle live keys
+        raise TypeError("ObjectKeys cannot be pickled")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ObjectKeys):
+            return NotImplemented
+        return (constant_time.bytes_eq(self.body_key, other.body_key)
+                & constant_time.bytes_eq(self.mac_key, other.mac_key)
+                & constant_time.bytes_eq(self.commitment, other.commitment))
+
+    __hash__ = None  # type: ignore[assignment]  # keys are not dictionary keys
 
     def matches(self, commitment: bytes) -> bool:
         """Constant-time comparison with a commitment read from a header."""
@@ -39,6 +71,16 @@ class ObjectKeys:
 
 
 _SHA256 = hashes.SHA256()
+#: The three HKDF ``info`` values (label || suite) per suite, built once.
+_INFOS: dict[int, tuple[bytes, bytes, bytes]] = {}
+
+
+def _infos(suite: int) -> tuple[bytes, bytes, bytes]:
+    infos = _INFOS.get(suite)
+    if infos is None:
+        tail = bytes([suite])
+        infos = _INFOS[suite] = (_LABEL_BODY + tail, _LABEL_MAC + tail, _LABEL_COMMIT + tail)
+    return infos
 
 
 def derive_object_keys(dek: bytes, object_id: bytes, suite: int) -> ObjectKeys:
@@ -54,10 +96,10 @@ def derive_object_keys(dek: bytes, object_id: bytes, suite: int) -> ObjectKeys:
         raise ValueError("data key must be 32 bytes")
     if len(object_id) != OBJECT_ID_BYTES:
         raise ValueError("object id must be 32 bytes")
+    info_body, info_mac, info_commit = _infos(suite)
     prk = HKDF.extract(_SHA256, object_id, dek)
-    tail = bytes([suite])
     return ObjectKeys(
-        body_key=HKDFExpand(algorithm=_SHA256, length=32, info=_LABEL_BODY + tail).derive(prk),
-        mac_key=HKDFExpand(algorithm=_SHA256, length=32, info=_LABEL_MAC + tail).derive(prk),
-        commitment=HKDFExpand(algorithm=_SHA256, length=32, info=_LABEL_COMMIT + tail).derive(prk),
+        HKDFExpand(_SHA256, 32, info_body).derive(prk),
+        HKDFExpand(_SHA256, 32, info_mac).derive(prk),
+        HKDFExpand(_SHA256, 32, info_commit).derive(prk),
     )

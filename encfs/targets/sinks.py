@@ -19,13 +19,13 @@ Which sink a target gets is decided by its :class:`encfs.targets.TargetIO`.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import secrets
 import tempfile
 import threading
 
 from fsspec import AbstractFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
 
 TEMP_MARK = ".encfs-tmp-"
 
@@ -97,25 +97,50 @@ class LocalSink(Sink):
 _BUFFER_COMMIT = threading.Lock()
 
 
+def _stores_directly(fs: AbstractFileSystem) -> bool:
+    """May a BufferSink store through ``fs._open(path, "wb", data=...)``?
+
+    That is what fsspec's ``MemoryFileSystem.pipe_file`` does once its
+    generic ``open()`` wrapper has checked the mode and the transaction, so
+    for the stock in-memory filesystem (or a subclass that changes neither
+    how it opens nor how it stores) outside a transaction of its own, the
+    same checks (a parent that is a file, a directory at the path) run and
+    the same file is stored, for about a fifth of a small object's write
+    cost less (issue 11).  Anything else goes through ``pipe_file``."""
+    cls = type(fs)
+    return (isinstance(fs, MemoryFileSystem) and cls.pipe_file is MemoryFileSystem.pipe_file
+            and cls.open is AbstractFileSystem.open and cls._open is MemoryFileSystem._open
+            and not fs._intrans)
+
+
 class BufferSink(Sink):
-    """Collect in memory, store in one step (for in-memory targets)."""
+    """Collect in memory, store in one step (for in-memory targets).
+
+    Chunks are kept as they come (bytes are immutable, so no copy; a view
+    is copied once): a whole small object (``write_whole``) is one chunk,
+    stored as it is."""
 
     def __init__(self, fs: AbstractFileSystem, path: str, exclusive: bool) -> None:
         super().__init__(fs, path, exclusive)
-        self.buf = io.BytesIO()
+        self._parts: list[bytes] = []
 
     def write(self, data: bytes | memoryview) -> None:
-        self.buf.write(data)
+        self._parts.append(bytes(data))
 
     def commit(self) -> None:
+        parts = self._parts
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         with _BUFFER_COMMIT:
             self._check_exclusive()
-            self.fs.pipe_file(self.path, self.buf.getvalue())
-        self.buf = io.BytesIO()
+            if _stores_directly(self.fs):
+                self.fs._open(self.path, "wb", data=data)
+            else:
+                self.fs.pipe_file(self.path, data)
+        self._parts = []
         self.done = True
 
     def discard(self) -> None:
-        self.buf = io.BytesIO()
+        self._parts = []
         self.done = True
 
 
