@@ -7,6 +7,9 @@ final segment is authenticated by the first read that reaches the end of the
 object (which proves the plaintext size), or at open when the probe brought
 the whole object.  A read of ``[a, b)`` fetches the covering segments in one
 ranged request and releases nothing before each segment's tag has verified.
+A whole-object read that the probe answers whole (``read_whole``: every
+small object) runs the same header checks (``authenticate_header``) and
+opens every segment at once, without building a reader.
 
 Writing: plaintext is cut into segments as it arrives; only the bytes of one
 unfinished segment are held in memory.  The header goes first (it depends on
