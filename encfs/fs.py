@@ -454,7 +454,8 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
             hi = segment_offset(segs[-1] + 1, self.segment_size, HEADER_REGION)
             guess = (lo, hi, self.io.submit(self._target_path(path), lo, hi))
             try:
-                return self.reader(path, _guess=guess).read_range(start, end)
+                with contextlib.closing(self.reader(path, _guess=guess)) as reader:
+                    return reader.read_range(start, end)
             finally:
                 guess[2].cancel()
         if start is None and end is None:
@@ -463,7 +464,8 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
             tpath = self._target_path(path)
             self._check_regular(tpath)
             return read_whole(self, tpath)
-        return self.reader(path).read_range(start, end)
+        with contextlib.closing(self.reader(path)) as reader:  # nothing left in flight after
+            return reader.read_range(start, end)
 
     def reader(self, path: str, _guess: Any = None) -> ObjectReader:
         """An authenticated random-access reader (public for tools and CLI)."""
@@ -588,22 +590,29 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
             return self._concurrent_cat_ranges(paths, starts, ends, on_error)
         readers: dict[str, ObjectReader | BaseException] = {}
         out: list[Any] = []
-        for path, start, end in zip(paths, starts, ends):
-            try:
-                reader = readers.get(path)
-                if reader is None:
-                    try:
-                        reader = readers[path] = self.reader(path)
-                    except Exception as exc:
-                        readers[path] = exc
+        try:
+            for path, start, end in zip(paths, starts, ends):
+                try:
+                    reader = readers.get(path)
+                    if reader is None:
+                        try:
+                            reader = readers[path] = self.reader(path)
+                        except Exception as exc:
+                            readers[path] = exc
+                            raise
+                    elif isinstance(reader, BaseException):
+                        raise reader
+                    out.append(reader.read_range(start, end))
+                except Exception as exc:
+                    if on_error != "return":
                         raise
-                elif isinstance(reader, BaseException):
-                    raise reader
-                out.append(reader.read_range(start, end))
-            except Exception as exc:
-                if on_error != "return":
-                    raise
-                out.append(exc)
+                    out.append(exc)
+        finally:
+            # Consecutive ranges read like a sequential reader, which keeps
+            # requests in flight for its next read: there is none.
+            for reader in readers.values():
+                if isinstance(reader, ObjectReader):
+                    reader.close()
         return out
 
     def get(self, rpath: Any, lpath: Any, recursive: bool = False, callback: Any = DEFAULT_CALLBACK,
@@ -674,11 +683,12 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
                 for i in indices:
                     out[i] = exc
                 return
-            for i in indices:
-                try:
-                    out[i] = reader.read_range(starts[i], ends[i])
-                except Exception as exc:  # noqa: BLE001 - as above
-                    out[i] = exc
+            with contextlib.closing(reader):  # nothing left in flight after the last range
+                for i in indices:
+                    try:
+                        out[i] = reader.read_range(starts[i], ends[i])
+                    except Exception as exc:  # noqa: BLE001 - as above
+                        out[i] = exc
 
         workers = max(1, min(MAX_CONCURRENT_OBJECTS, len(groups)))
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="encfs-cat") as pool:

@@ -109,6 +109,34 @@ def test_closing_a_reader_cancels_prefetch(efs):
     assert not stream._queue
 
 
+@pytest.mark.parametrize("how", ["cat_ranges one object", "cat_ranges two objects", "cat_file"])
+def test_nothing_is_left_in_flight_after_a_call_returns(efs, monkeypatch, how):
+    """Consecutive ranges read like a sequential reader, whose readahead
+    queues requests for a next read that never comes: cat_ranges and
+    cat_file close their readers, which cancels them."""
+    data = os.urandom(50 * SEG)
+    efs.pipe_file("/q.bin", data)
+    efs.pipe_file("/q2.bin", data)
+    streams = []
+    real_init = encfs.file.ObjectReader.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        streams.append(self._stream)
+
+    monkeypatch.setattr(encfs.file.ObjectReader, "__init__", spy)
+    cuts = [0, 3 * SEG, 6 * SEG, 9 * SEG, 12 * SEG]
+    starts, ends = cuts[:-1], cuts[1:]
+    if how == "cat_file":
+        assert efs.cat_file("/q.bin", start=0, end=20 * SEG) == data[: 20 * SEG]
+    else:
+        paths = ["/q.bin"] * 4 + (["/q2.bin"] * 4 if how.endswith("two objects") else [])
+        got = efs.cat_ranges(paths, starts * (len(paths) // 4), ends * (len(paths) // 4))
+        assert got == [data[a:b] for a, b in zip(starts, ends)] * (len(paths) // 4)
+    assert streams and all(s is not None for s in streams)
+    assert all(not s._queue for s in streams), "requests were left in flight"
+
+
 def test_one_reader_shared_by_threads(efs):
     data = os.urandom(80 * SEG + 3)
     efs.pipe_file("/t.bin", data)
