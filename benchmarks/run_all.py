@@ -29,7 +29,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 RESULTS_MD = HERE / "RESULTS.md"
 PLOT = HERE / "results.png"
-BENCHES = ["throughput", "peers", "small_objects", "parquet_columns", "memory", "multicore", "s3"]
+BENCHES = ["throughput", "peers", "small_objects", "parquet_columns", "lines", "memory", "multicore", "s3",
+           "s3_latency"]
 
 sys.path.insert(0, str(HERE))
 from _common import machine, table
@@ -134,6 +135,21 @@ def write_markdown(results: dict[str, dict[str, Any]], failures: dict[str, str],
                   (f"{r['params']['rows']} rows x {r['params']['columns']} float64 columns, "
                   f"{r['params']['row_groups']} row groups; bytes fetched over the bytes the column needs; "
                   "throughput through `enc::memory://` (CPU time)."), "", rows_table(r["rows"]), ""]
+    if "lines" in results:
+        r = results["lines"]
+        p = r["params"]
+        lines += ["## Line iteration (bench_lines.py)", "",
+                  (f"A {p['bytes'] / 1e6:.1f} MB JSON-lines object ({p['lines']:,} lines) opened `rb`, through "
+                  f"`enc::` and through plain fsspec on the same target; best CPU time of {p['rounds']} "
+                  "interleaved rounds; ratio = enc time / plain time."), "", rows_table(r["rows"]), ""]
+        lines += [f"- {n}" for n in r["notes"]] + [""]
+    if "s3_latency" in results:
+        r = results["s3_latency"]
+        lines += ["## S3 under a latency model (bench_s3_latency.py)", "",
+                  ("moto on 127.0.0.1 behind a loopback proxy adding 20 ms per request and pacing each connection "
+                  "to 100 MB/s; plain s3fs and enc::s3 interleaved in the same run; requests counted at the "
+                  "proxy; ratio = enc speed / plain speed."), "", rows_table(r["rows"]), ""]
+        lines += [f"- {n}" for n in r["notes"]] + [""]
     if "memory" in results:
         r = results["memory"]
         lines += ["## Peak memory while streaming (bench_memory.py)", "",
