@@ -336,12 +336,17 @@ class DataKeyCache:
         return entry
 
     # -- encryption side -----------------------------------------------------------
-    def take_encryption_key(self, partition: bytes) -> tuple[bytes, tuple[WrappedKey, ...]] | None:
+    def take_encryption_key(self, partition: bytes, nbytes: int | None = None,
+                            ) -> tuple[bytes, tuple[WrappedKey, ...]] | None:
         """A cached data key for one more object of ``partition``, or None.
 
         The use is counted here, under the lock, so the limit holds under
-        any number of concurrent writers.
+        any number of concurrent writers.  ``nbytes``: the object's plaintext
+        size when it is known now (a value written whole), accounted in the
+        same step instead of by :meth:`account` at close.
         """
+        if nbytes is not None and nbytes < 0:
+            raise ValueError("negative byte count")
         lim = self.limits
         slot = ("enc", partition)
         now = self._enter()
@@ -356,7 +361,10 @@ class DataKeyCache:
             self._counts["encrypt_hits"] += 1
             self._lru.move_to_end(slot)
             result = bytes(entry.dek), entry.wrapped
-            if entry.uses >= lim.max_objects:
+            if nbytes is not None:
+                self._counts["plaintext_bytes"] += nbytes
+                entry.plaintext += nbytes
+            if entry.uses >= lim.max_objects or entry.plaintext >= lim.max_bytes:
                 self._remove(entry, "retirements")  # spent: wipe it now, not at the next miss
             return result
         finally:

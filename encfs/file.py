@@ -785,12 +785,15 @@ class EncryptedReadFile(AbstractBufferedFile):
 WHOLE_WRITE = 8 * 1024 * 1024
 
 
-def _new_object(efs: EncryptedFileSystem, path: str) -> tuple[HeaderPlan, SegmentCipher, list[WrappedKey]]:
+def _new_object(efs: EncryptedFileSystem, path: str,
+                nbytes: int | None = None) -> tuple[HeaderPlan, SegmentCipher, list[WrappedKey]]:
     """A new object's header plan, segment cipher and wrapped data key: a
     data key (maybe cached), a random object id and the keys derived from
-    both (FORMAT.md section 5).  No key outlives this call but inside them."""
+    both (FORMAT.md section 5).  No key outlives this call but inside them.
+    ``nbytes``: the plaintext size when known now, accounted against the
+    data key's ``max_bytes`` at once (docs/CACHE.md)."""
     context = efs._context_for(path)
-    dek, wrapped = efs.keyring.new_data_key(context)
+    dek, wrapped = efs.keyring.new_data_key(context, nbytes)
     object_id = os.urandom(OBJECT_ID_BYTES)
     keys = derive_object_keys(dek, object_id, 1)
     plan = HeaderPlan(segment_size=efs.segment_size, object_id=object_id, context=context, keys=keys,
@@ -811,7 +814,10 @@ def write_whole(efs: EncryptedFileSystem, path: str, data: Any, exclusive: bool 
     view = memoryview(data).cast("B")
     if exclusive and efs.fs.exists(path):
         raise FileExistsError(path)
-    plan, cipher, wrapped = _new_object(efs, path)
+    # The size is known: accounted with the data key's hand-out (one cache
+    # operation, not two; a write that then fails still counts its bytes,
+    # as a failed commit always did).
+    plan, cipher, _wrapped = _new_object(efs, path, len(view))
     seg = efs.segment_size
     n = segment_count(len(view), seg)
     if n == 1:
@@ -821,7 +827,6 @@ def write_whole(efs: EncryptedFileSystem, path: str, data: Any, exclusive: bool 
     sink = efs.io.open_sink(path, exclusive)
     try:
         sink.write(plan.region(len(body)) + body)
-        efs.keyring.record_plaintext(wrapped, len(view))
         sink.commit()
     except BaseException:
         sink.discard()

@@ -127,14 +127,16 @@ class Keyring:
             self.cache.clear()
 
     # -- write side ------------------------------------------------------------
-    def new_data_key(self, context: Mapping[str, str]) -> tuple[bytes, list[WrappedKey]]:
+    def new_data_key(self, context: Mapping[str, str], nbytes: int | None = None) -> tuple[bytes, list[WrappedKey]]:
         """A data key and its wrapped copies, one per write key.
 
         With the cache on, a key generated for an earlier object of the same
         root keys and service context is reused within the limits; each
         object still derives its own keys from its random object id.  The
         writer reports its plaintext size at close with
-        :meth:`record_plaintext` (the ``max_bytes`` limit).
+        :meth:`record_plaintext` (the ``max_bytes`` limit), or, when it
+        knows the size now (a value written whole), passes it as ``nbytes``
+        and it is accounted here, in the same step as the hand-out.
         """
         ctx = service_context(context)
         cache = self.cache
@@ -144,16 +146,20 @@ class Keyring:
             dek, entries = self._generate(ctx)
             if cache is not None:
                 cache.count_encrypt_miss()
+                if nbytes is not None:
+                    cache.account(entries, nbytes)
             return dek, entries
         part = partition_id(self._write_uris, ctx)
-        hit = cache.take_encryption_key(part)
+        hit = cache.take_encryption_key(part, nbytes)
         if hit is None:
             with cache.flight("enc", part):
                 # Another thread may have filled the slot while we waited.
-                hit = cache.take_encryption_key(part)
+                hit = cache.take_encryption_key(part, nbytes)
                 if hit is None:
                     dek, entries = self._generate(ctx)
                     cache.put_encryption_key(part, dek, entries)
+                    if nbytes is not None:
+                        cache.account(entries, nbytes)
                     return dek, entries
         dek, cached = hit
         return dek, list(cached)

@@ -184,6 +184,29 @@ def test_max_plaintext_bytes_accounted_at_close(memfs, encfs_home):
     assert efs.cache_stats()["retirements"] == 2
 
 
+def test_whole_values_are_accounted_when_their_key_is_handed_out(memfs, encfs_home):
+    """pipe_file of a value in hand (write_whole) knows its size up front:
+    accounted in the same cache step as the hand-out, on a fresh key and on
+    a reused one, so a key is retired by the object that reaches the limit
+    and never handed out past it."""
+    efs, counting, _ = make_fs(memfs, encfs_home, cache={"max_bytes": 100})
+    efs.pipe_file("/a", b"a" * 150)  # a fresh key, over the limit at once: retired
+    s = efs.cache_stats()
+    assert (s["plaintext_bytes"], s["retirements"], s["encryption_entries"]) == (150, 1, 0)
+    for name in "bcd":
+        efs.pipe_file(f"/{name}", b"b" * 40)  # 40, 80, then 120 at hand-out: retired
+    efs.pipe_file("/e", b"e")
+    ids = [dek_id(efs, f"/{n}") for n in "abcde"]
+    assert ids[0] != ids[1] == ids[2] == ids[3] != ids[4] and ids[4] != ids[0]
+    assert counting.calls["generate"] == 3
+    s = efs.cache_stats()
+    assert (s["plaintext_bytes"], s["retirements"]) == (150 + 3 * 40 + 1, 2)
+    with pytest.raises(FileExistsError):
+        efs.pipe_file("/e", b"x" * 50, mode="create")  # refused before any key is taken
+    assert efs.cache_stats()["plaintext_bytes"] == 150 + 3 * 40 + 1
+    assert [efs.cat_file(f"/{n}") for n in "abcde"] == [b"a" * 150, *[b"b" * 40] * 3, b"e"]
+
+
 def test_one_object_larger_than_max_bytes_retires_its_key(memfs, encfs_home):
     efs, counting, _ = make_fs(memfs, encfs_home, cache={"max_bytes": 1000})
     with efs.open("/big", "wb") as f:

@@ -24,6 +24,7 @@ from encfs.format import (
     MAGIC,
     SUITE_AES256GCM_HKDF_SHA256_COMMIT,
     TAG_BYTES,
+    Header,
     WrappedKey,
     body_size,
     choose_region,
@@ -331,6 +332,26 @@ def test_header_roundtrip() -> None:
     assert region[50 : 50 + ctx_len] == encode_context(ctx)
     assert region[50 + ctx_len : 82 + ctx_len] == keys.commitment
     assert h.mac == region[82 + ctx_len : 114 + ctx_len]
+
+
+def test_parsed_header_is_the_dataclass_object() -> None:
+    """parse_header fills the frozen Header's fields at once (header.py):
+    the result must be what Header.__init__ makes, field for field, and
+    stay frozen."""
+    import dataclasses
+
+    for body in (None, 100):
+        oid = os.urandom(32)
+        keys = derive_object_keys(os.urandom(32), oid, SUITE)
+        region = encode_header(segment_size=1024, object_id=oid, context={"encfs:path": "p", "t": "x"}, keys=keys,
+                               wrapped_keys=[_wk()], body=body)
+        h = parse_header(region, "p")
+        made = Header(**{f.name: getattr(h, f.name) for f in dataclasses.fields(Header)})
+        assert vars(h) == vars(made) and h == made and hash(h.object_id) == hash(made.object_id)
+        assert {f.name for f in dataclasses.fields(Header)} == set(vars(h))
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            h.segment_size = 1  # type: ignore[misc]
+        assert repr(h) == repr(made)
 
 
 def test_header_parse_ignores_bytes_after_region() -> None:

@@ -37,12 +37,14 @@ def encode_context(context: Mapping[str, str]) -> bytes:
             raise ValueError(f"encryption context value longer than {MAX_VALUE_BYTES} bytes")
         items.append((kb, vb))
     items.sort()
-    out = bytearray(struct.pack(">H", len(items)))
+    # One join of the pieces (this runs for every object written).
+    parts = [len(items).to_bytes(2, "big")]
     for kb, vb in items:
-        out += struct.pack(">B", len(kb)) + kb + struct.pack(">H", len(vb)) + vb
+        parts += (len(kb).to_bytes(1, "big"), kb, len(vb).to_bytes(2, "big"), vb)
+    out = b"".join(parts)
     if len(out) > MAX_CONTEXT_BYTES:
         raise ValueError(f"encoded encryption context exceeds {MAX_CONTEXT_BYTES} bytes")
-    return bytes(out)
+    return out
 
 
 def decode_context(data: bytes) -> dict[str, str]:

@@ -364,7 +364,13 @@ def _parse_rest(data: bytes, version: int, suite: int, flags: int, region_len: i
     mac_input = region[:pos]
     mac, pos = _take(region, pos, MAC_BYTES)
     wrapped = _parse_wrapped(region, pos, region_len)
-    return Header(
+    # Every field set at once: the frozen dataclass's __init__ sets its
+    # eleven fields one object.__setattr__ at a time, a fifth of parsing a
+    # small object's header (this runs for every object read).  Header has
+    # no __post_init__ and no slots, so this is the object __init__ makes
+    # (tests/test_format.py checks it field for field).
+    header = _new_header(Header)
+    header.__dict__.update(
         segment_size=segment_size,
         object_id=object_id,
         context=context,
@@ -377,3 +383,7 @@ def _parse_rest(data: bytes, version: int, suite: int, flags: int, region_len: i
         mac_input=mac_input,
         minor=version >> 4,
     )
+    return header
+
+
+_new_header = object.__new__

@@ -23,9 +23,20 @@ class MemoryIO(TargetIO):
         # once decrypted: the reader never keeps it past one read.
         return self._buffer(path).toreadonly()[start:end]
 
-    def probe(self, path: str, nbytes: int) -> tuple[memoryview, int]:
-        buf = self._buffer(path)
-        return buf.toreadonly()[:nbytes], buf.nbytes
+    def probe(self, path: str, nbytes: int) -> tuple[bytes | memoryview, int]:
+        try:
+            f = self.fs.store[self.fs._strip_protocol(path)]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+        buf = f.getbuffer()
+        size = buf.nbytes
+        if size <= nbytes:
+            # The whole object: its bytes, not a view (BytesIO hands over
+            # the buffer it holds once no view is exported, no copy), so
+            # the reader has nothing to copy either.
+            buf.release()
+            return f.getvalue(), size
+        return buf.toreadonly()[:nbytes], size
 
     def open_sink(self, path: str, exclusive: bool) -> Sink:
         return BufferSink(self.fs, path, exclusive)

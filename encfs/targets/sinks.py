@@ -108,9 +108,15 @@ def _stores_directly(fs: AbstractFileSystem) -> bool:
     the same file is stored, for about a fifth of a small object's write
     cost less (issue 11).  Anything else goes through ``pipe_file``."""
     cls = type(fs)
-    return (isinstance(fs, MemoryFileSystem) and cls.pipe_file is MemoryFileSystem.pipe_file
-            and cls.open is AbstractFileSystem.open and cls._open is MemoryFileSystem._open
-            and not fs._intrans)
+    direct = _DIRECT.get(cls)
+    if direct is None:
+        direct = _DIRECT[cls] = (issubclass(cls, MemoryFileSystem) and cls.pipe_file is MemoryFileSystem.pipe_file
+                                 and cls.open is AbstractFileSystem.open and cls._open is MemoryFileSystem._open)
+    return direct and not fs._intrans
+
+
+#: Filesystem class -> may BufferSink store through ``_open`` (see above).
+_DIRECT: dict[type, bool] = {}
 
 
 class BufferSink(Sink):
