@@ -243,14 +243,20 @@ class DataKeyCache:
 
     def _enter(self) -> float:
         """``_op`` without the generator, for the per-object paths: take the
-        lock, sweep, return the time.  The caller releases ``_lock``."""
-        self._check_pid()
-        self._lock.acquire()
+        lock, sweep, return the time.  The caller releases ``_lock``.
+        (``_check_pid`` and the sweep's common case inline: this runs for
+        every object written or read.)"""
+        if self._pid != os.getpid():
+            self._forget_all_after_fork()
+        lock = self._lock
+        lock.acquire()
         try:
             now = self.clock()
-            self._sweep(now)
+            by_age = self._by_age
+            if by_age and now - self._lru[next(iter(by_age))].created >= self.limits.max_age:
+                self._sweep(now)
         except BaseException:
-            self._lock.release()
+            lock.release()
             raise
         return now
 
@@ -330,7 +336,7 @@ class DataKeyCache:
         """The entry in ``slot`` unless missing or expired (an expired one is
         removed and wiped now).  Caller holds the lock (``_op``)."""
         entry = self._lru.get(slot)
-        if entry is not None and self._expired(entry, now):
+        if entry is not None and now - entry.created >= self.limits.max_age:  # _expired, inline
             self._remove(entry, "expirations")
             return None
         return entry

@@ -245,6 +245,8 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
     def _strip_protocol(cls, path: Any) -> Any:
         """``enc::<url>``, ``enc+<scheme>://<rest>`` → the target URL
         (``<url>``, ``<scheme>://<rest>``); ``enc://<path>`` → ``<path>``."""
+        if type(path) is str and not path.startswith("enc"):
+            return path  # the common case, a plain path (every enc form starts "enc")
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
         path = str(path)
@@ -265,6 +267,8 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
         """
         path = self._strip_protocol(path)
         mapped = self.fs._strip_protocol(path)
+        if not path.endswith("/"):
+            return mapped
         # Every trailing "/" is kept, not just one: on S3 "x/" and "x//" are
         # two more objects besides "x", and the path bound into a header must
         # name the object that is really read (FORMAT.md section 4.1).
