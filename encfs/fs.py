@@ -34,7 +34,6 @@ from .chaining import nested_target_options
 from .errors import (
     ConfigurationError,
     ContextMismatchError,
-    IntegrityError,
     NotRegularFileError,
     UnsafePathError,
 )
@@ -44,6 +43,7 @@ from .file import (
     EncryptedReadFile,
     EncryptedWriteFile,
     ObjectReader,
+    authenticate_header,
     read_header,
     read_whole,
     write_whole,
@@ -523,15 +523,10 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
             return
         self._check_regular(src)
         ct_size = int(self.fs.size(src))
-        header = read_header(self, src, self.fs.cat_file(src, start=0, end=HEADER_REGION))
-        dek, keys = self.keyring.unwrap(header, src)
-        del dek
-        header.verify(keys, src)
-        if self.bind_path and header.context.get(PATH_KEY) != self._bound_path(src):
-            raise IntegrityError(src)
-        self._check_context(header, src)
-        if plaintext_size(ct_size, header.segment_size, header.header_region) is None:
-            raise IntegrityError(src)
+        # The reader's header checks (file.authenticate_header): only an
+        # authentic object of this path and context is re-bound.
+        header, keys, _size = authenticate_header(self, src, self.fs.cat_file(src, start=0, end=HEADER_REGION),
+                                                  ct_size)
         new_context = {**header.context, PATH_KEY: self._bound_path(dst)}
         new_header = encode_header(segment_size=header.segment_size, object_id=header.object_id,
                                    context=new_context, keys=keys, wrapped_keys=header.wrapped_keys,
