@@ -161,12 +161,16 @@ def read_whole(efs: EncryptedFileSystem, path: str) -> bytes:
     object goes to the reader with the probe's answer.
     """
     head, ct_size = efs.io.probe(path, probe_size(efs.segment_size))
-    if head is None:
-        # The target could not answer the probe (e.g. HTTP 416 for an empty
-        # object): the reader asks for the size, then the bytes, as it would.
-        return ObjectReader(efs, path, efs.io.size(path) if ct_size is None else ct_size).read_range(None, None)
-    if ct_size is None or len(head) < ct_size:
-        return ObjectReader(efs, path, ct_size, head=head).read_range(None, None)
+    if head is None or ct_size is None or len(head) < ct_size:
+        if head is None:
+            # The target could not answer the probe (e.g. HTTP 416 for an
+            # empty object): the reader asks for the size, then the bytes.
+            reader = ObjectReader(efs, path, efs.io.size(path) if ct_size is None else ct_size)
+        else:
+            reader = ObjectReader(efs, path, ct_size, head=head)
+        del head
+        with contextlib.closing(reader):  # nothing left in flight after (as fs.cat_file)
+            return reader.read_range(None, None)
     # A copy: never hold a view of the target's buffer past one read.
     data = bytes(head[:ct_size])
     del head

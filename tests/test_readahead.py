@@ -137,6 +137,29 @@ def test_nothing_is_left_in_flight_after_a_call_returns(efs, monkeypatch, how):
     assert all(not s._queue for s in streams), "requests were left in flight"
 
 
+def test_a_failed_whole_object_cat_file_leaves_nothing_in_flight(efs, monkeypatch):
+    """cat_file without a range of an object larger than the probe goes to a
+    reader (file.read_whole): a damaged segment fails the read while the
+    readahead has requests queued past it; they are cancelled."""
+    data = os.urandom(60 * SEG)
+    efs.pipe_file("/w.bin", data)
+    raw = bytearray(efs.fs.cat_file("/w.bin"))
+    raw[HEADER_REGION + 8 * STRIDE + 5] ^= 1
+    efs.fs.pipe_file("/w.bin", bytes(raw))
+    streams = []
+    real_init = encfs.file.ObjectReader.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        streams.append(self._stream)
+
+    monkeypatch.setattr(encfs.file.ObjectReader, "__init__", spy)
+    with pytest.raises(IntegrityError):
+        efs.cat_file("/w.bin")
+    assert len(streams) == 1 and streams[0] is not None
+    assert not streams[0]._queue, "requests were left in flight"
+
+
 def test_one_reader_shared_by_threads(efs):
     data = os.urandom(80 * SEG + 3)
     efs.pipe_file("/t.bin", data)
