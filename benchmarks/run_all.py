@@ -233,8 +233,8 @@ def plot(results: dict[str, dict[str, Any]]) -> None:
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="center left")
     ax = axes[1][1]
-    if "small_objects" in results:
-        rows = results["small_objects"]["rows"]
+    if "small_objects" in results and any("cache" in r for r in results["small_objects"]["rows"]):
+        rows = [r for r in results["small_objects"]["rows"] if "cache" in r]  # the KMS rows
         labels = [f"cache {'on' if r['cache'] else 'off'}\n({r['objects']} objects)" for r in rows]
         xs = range(len(rows))
         ax.bar([x - 0.2 for x in xs], [r["write ops/s"] for r in rows], 0.4, label="write ops/s")
