@@ -643,13 +643,15 @@ class EncryptedReadFile(AbstractBufferedFile):
     # is active the position is the cursor's (see ``loc``), so tell(), seek()
     # and read() stay exact even in the middle of ``for line in f``.
     #
-    # An object of at most LINE_WHOLE bytes is decrypted whole, once, into
-    # one cursor that then owns the position until close: ``f.readline`` is
-    # the cursor's own C method (an instance attribute, found before the
-    # class's) and ``iter(f)`` is the cursor, so no Python runs per line
-    # (plain fsspec on memory:// is a BytesIO too; issue 11).  A bound
-    # ``f.readline`` kept by the caller stays right across seeks and reads.
-    # Larger objects go through windows of LINE_WINDOW bytes.
+    # Lines are first cut from one window of LINE_WINDOW bytes, so reading a
+    # few lines (a CSV header, the head of a log) decrypts only that.  An
+    # object of at most LINE_WHOLE bytes read on past its first window is
+    # then decrypted whole, once, into one cursor that owns the position
+    # until close: ``f.readline`` becomes the cursor's own C method (an
+    # instance attribute, found before the class's) and ``iter(f)`` the
+    # cursor, so no Python runs per line (plain fsspec on memory:// is a
+    # BytesIO too; issue 11).  A bound ``f.readline`` kept by the caller
+    # stays right across seeks and reads.  Larger objects stay windowed.
     @property
     def loc(self) -> int:
         cur = self._cur
@@ -724,21 +726,22 @@ class EncryptedReadFile(AbstractBufferedFile):
             return line + self._readline(-1) if line else self._readline(-1)
         if self.closed:
             raise ValueError("I/O operation on closed file")
-        if self.size <= LINE_WHOLE:
-            return self._whole_cursor().readline(size)
         return self._readline(-1 if size is None or size < 0 else int(size))
 
     def _readline(self, want: int) -> bytes:
-        if self._whole:  # reached through the class's readline: the cursor's end is the object's
-            return self._cur.readline(want)  # type: ignore[union-attr]
         pieces: list[bytes] = []
         while want:
             cur = self._cur or self._cursor(False)
             if cur is None:
                 break
             line = cur.readline(want)
+            if self._whole:  # the cursor's end is the object's
+                pieces.append(line)
+                break
             if not line:  # the cursor's window is used up: the next one
                 self.loc = self.loc
+                if self.size <= LINE_WHOLE:
+                    self._whole_cursor()  # reading on past a first window: all of it, once
                 continue
             pieces.append(line)
             if line[-1:] == b"\n":
@@ -750,16 +753,23 @@ class EncryptedReadFile(AbstractBufferedFile):
     def __iter__(self) -> Iterator[bytes]:
         if self.closed:
             raise ValueError("I/O operation on closed file")
-        if self.size <= LINE_WHOLE:
-            return self._whole_cursor()  # iterating the file is iterating it, in C
+        if self._whole:
+            return self._cur  # type: ignore[return-value]  # iterating the file is iterating it, in C
         # Whole windows of lines, each split in C; chain keeps the per-line
         # cost in C too.
         return itertools.chain.from_iterable(self._line_runs())
 
     def _line_runs(self) -> Iterator[Iterable[bytes]]:
+        first = True
         while True:
             if self.closed:
                 raise ValueError("I/O operation on closed file")
+            if not first and self.size <= LINE_WHOLE:
+                # Iterating on past a first window: the rest from one buffer
+                # (seeks inside the loop move it, so it is the only run left).
+                yield self._whole_cursor()
+                return
+            first = False
             cur = self._cursor(True)
             if cur is not None:
                 yield cur

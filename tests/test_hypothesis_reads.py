@@ -207,18 +207,21 @@ line_ops = st.lists(
 
 
 class _LineWindows:
-    """Line reading in small windows (several per object, lines longer than
-    one) and local reads fetched in small runs, instead of the whole rest of
-    the object in one buffer (encfs.file.LINE_WHOLE) as for these sizes."""
+    """How line reading is cut: "default"; "switch": small first windows,
+    then the whole rest in one buffer (encfs.file.LINE_WHOLE) as objects
+    read on past their first window are; "windows": small windows only (as
+    objects above LINE_WHOLE), with local reads fetched in small runs."""
 
     NAMES = ("LINE_WHOLE", "LINE_WINDOW", "FETCH_RUN")
 
-    def __init__(self, on: bool) -> None:
-        self.on, self.saved = on, {n: getattr(encfs.file, n) for n in self.NAMES}
+    def __init__(self, mode: str) -> None:
+        self.mode, self.saved = mode, {n: getattr(encfs.file, n) for n in self.NAMES}
 
     def __enter__(self) -> None:
-        if self.on:
-            encfs.file.LINE_WHOLE, encfs.file.LINE_WINDOW, encfs.file.FETCH_RUN = 0, 700, 2048
+        if self.mode != "default":
+            encfs.file.LINE_WINDOW = 700
+        if self.mode == "windows":
+            encfs.file.LINE_WHOLE, encfs.file.FETCH_RUN = 0, 2048
 
     def __exit__(self, *exc: object) -> None:
         for name, value in self.saved.items():
@@ -227,19 +230,19 @@ class _LineWindows:
 
 @SETTINGS
 @given(lines=st.lists(st.integers(0, 2500), max_size=12), tail=st.booleans(), ops=line_ops,
-       ranged=st.sampled_from([False, True, "prefetch"]), windowed=st.booleans())
-def test_random_line_reads(memfs, encfs_home, prefetching, lines, tail, ops, ranged, windowed) -> None:
+       ranged=st.sampled_from([False, True, "prefetch"]), windows=st.sampled_from(["default", "switch", "windows"]))
+def test_random_line_reads(memfs, encfs_home, prefetching, lines, tail, ops, ranged, windows) -> None:
     """readline, ``for line in f`` (stopped early), seek, read and tell in
     any order agree with io.BytesIO: lines longer than the line window, a
-    last line without a newline, seeks in the middle of an iteration; with
-    the rest of the object in one buffer (its C readline serving the file)
-    and in small windows."""
+    last line without a newline, seeks in the middle of an iteration; in
+    one window, in small windows, and switching from a first window to the
+    whole object in one buffer (its C readline serving the file)."""
     rnd = random.Random(len(lines) * 7919 + sum(lines))
     data = b"".join(bytes(rnd.choice(b"abcxyz") for _ in range(n)) + b"\n" for n in lines)
     if tail:
         data += b"no newline at the end"
     efs = _efs(memfs, encfs_home, 1024, ranged, prefetching)
-    with _Ranged(bool(ranged)), _LineWindows(windowed):
+    with _Ranged(bool(ranged)), _LineWindows(windows):
         efs.pipe_file("/h/lines.txt", data)
         oracle = io.BytesIO(data)
         with efs.open("/h/lines.txt", "rb") as f:

@@ -1,7 +1,9 @@
 """Line reading keeps Python's file semantics on both of its paths (issue 11,
-item 6): objects up to encfs.file.LINE_WHOLE are decrypted whole into one
-cursor whose C ``readline`` and iterator serve the file; larger ones go
-through windows.  Each case runs on both paths against io.BytesIO."""
+item 6): lines come from a first window of encfs.file.LINE_WINDOW bytes;
+an object up to encfs.file.LINE_WHOLE read on past it is decrypted whole
+into one cursor whose C ``readline`` and iterator then serve the file;
+larger ones stay windowed.  Each case runs on both paths against
+io.BytesIO (small windows, so the switch happens early)."""
 
 from __future__ import annotations
 
@@ -10,17 +12,21 @@ import io
 import pytest
 
 import encfs.file
+from encfs import EncryptedFileSystem
 
 DATA = b"".join(b"line %d %s\n" % (i, b"x" * (i % 37)) for i in range(400)) + b"tail without newline"
 
 
 @pytest.fixture(params=["whole", "windowed"])
-def f(request, efs_mem, monkeypatch):
+def f(request, memfs, encfs_home, monkeypatch):
+    # Windows are at least a segment: 1 KiB segments and windows, so an
+    # 11 KB object spans several.
+    monkeypatch.setattr(encfs.file, "LINE_WINDOW", 1000)
     if request.param == "windowed":
         monkeypatch.setattr(encfs.file, "LINE_WHOLE", 0)
-        monkeypatch.setattr(encfs.file, "LINE_WINDOW", 1000)
-    efs_mem.pipe_file("/lines.txt", DATA)
-    with efs_mem.open("/lines.txt", "rb") as fh:
+    efs = EncryptedFileSystem(fs=memfs, keystore=str(encfs_home), segment_size=1024, skip_instance_cache=True)
+    efs.pipe_file("/lines.txt", DATA)
+    with efs.open("/lines.txt", "rb") as fh:
         yield fh
 
 
@@ -96,3 +102,39 @@ def test_the_class_readline_agrees_with_the_installed_one(f):
         got.append(line)
     assert got == oracle.readlines()
     assert rl(f) == b"" and rl(f, 5) == b""
+
+
+def test_the_whole_cursor_takes_over_after_the_first_window(f):
+    lines = [f.readline() for _ in range(5)]
+    assert b"".join(lines) == DATA[: sum(map(len, lines))]
+    assert "readline" not in f.__dict__  # a few lines: still the first window
+    for _ in range(200):  # on past the first window (1,000 bytes here)
+        f.readline()
+    installed = "readline" in f.__dict__
+    assert installed == (f.size <= encfs.file.LINE_WHOLE)
+    at = f.tell()
+    assert f.read(50) == DATA[at : at + 50]
+    f.seek(0)
+    assert list(f) == io.BytesIO(DATA).readlines()
+
+
+def test_a_few_lines_of_a_large_object_decrypt_one_window(efs_mem, monkeypatch):
+    """Reading a header line must not decrypt the whole object (a CSV
+    sniffer, the head of a log): one window, however large the object."""
+    data = b"".join(b"%08d,some,csv,columns\n" % i for i in range(200_000))  # 5.4 MB, under LINE_WHOLE
+    assert len(data) <= encfs.file.LINE_WHOLE
+    efs_mem.pipe_file("/big.csv", data)
+    asked = []
+    real = encfs.file.ObjectReader.read
+
+    def spy(self, start, end, cut=None):
+        asked.append((end if end is not None else self.size) - start)
+        return real(self, start, end, cut)
+
+    monkeypatch.setattr(encfs.file.ObjectReader, "read", spy)
+    with efs_mem.open("/big.csv", "rb") as fh:
+        assert fh.readline() == b"00000000,some,csv,columns\n"
+        for line in fh:
+            if line.startswith(b"00000009"):
+                break
+    assert sum(asked) <= encfs.file.LINE_WINDOW + 64 * 1024
