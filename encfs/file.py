@@ -723,31 +723,43 @@ class EncryptedReadFile(AbstractBufferedFile):
             line = cur.readline()
             if line[-1:] == b"\n":
                 return line
-            return line + self._readline(-1) if line else self._readline(-1)
+            return self._readline(-1, line)
         if self.closed:
             raise ValueError("I/O operation on closed file")
         return self._readline(-1 if size is None or size < 0 else int(size))
 
-    def _readline(self, want: int) -> bytes:
-        pieces: list[bytes] = []
-        while want:
-            cur = self._cur or self._cursor(False)
-            if cur is None:
-                break
-            line = cur.readline(want)
-            if self._whole:  # the cursor's end is the object's
+    def _readline(self, want: int, head: bytes = b"") -> bytes:
+        """A line (at most ``want`` bytes when ``want >= 0``) across windows;
+        ``head``: its start, already taken from the current cursor (only
+        with ``want == -1``)."""
+        pieces: list[bytes] = [head] if head else []
+        start = self.loc - len(head)
+        try:
+            while want:
+                cur = self._cur or self._cursor(False)
+                if cur is None:
+                    break
+                line = cur.readline(want)
+                if self._whole:  # the cursor's end is the object's
+                    pieces.append(line)
+                    break
+                if not line:  # the cursor's window is used up: the next one
+                    self.loc = self.loc
+                    if self.size <= LINE_WHOLE:
+                        self._whole_cursor()  # reading on past a first window: all of it, once
+                    continue
                 pieces.append(line)
-                break
-            if not line:  # the cursor's window is used up: the next one
-                self.loc = self.loc
-                if self.size <= LINE_WHOLE:
-                    self._whole_cursor()  # reading on past a first window: all of it, once
-                continue
-            pieces.append(line)
-            if line[-1:] == b"\n":
-                break
-            if want > 0:
-                want -= len(line)
+                if line[-1:] == b"\n":
+                    break
+                if want > 0:
+                    want -= len(line)
+        except BaseException:
+            # A window that fails (damage, a target error) consumes nothing
+            # of the line: a retry reads it whole, never its tail as a line.
+            self.loc = start
+            raise
+        if not pieces:
+            return b""
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -762,19 +774,33 @@ class EncryptedReadFile(AbstractBufferedFile):
     def _line_runs(self) -> Iterator[Iterable[bytes]]:
         first = True
         while True:
-            if self.closed:
-                raise ValueError("I/O operation on closed file")
-            if not first and self.size <= LINE_WHOLE:
+            whole = cur = None
+            try:
+                if self.closed:
+                    raise ValueError("I/O operation on closed file")
+                if not first and self.size <= LINE_WHOLE:
+                    whole = self._whole_cursor()
+                else:
+                    cur = self._cursor(True)
+                    line = b"" if cur is not None else self.readline()  # a line longer than the window, or the end
+            except Exception as exc:  # noqa: BLE001 - re-raised by the run below
+                # chain.from_iterable drops a source that raised, so a kept
+                # iterator would then end as if at the end of the object
+                # (a silent truncation after an IntegrityError).  Raised
+                # from a run instead, the error leaves the source alive:
+                # the next call tries again (and fails again on damage).
+                yield _Raising(exc)
+                del exc
+                continue
+            if whole is not None:
                 # Iterating on past a first window: the rest from one buffer
                 # (seeks inside the loop move it, so it is the only run left).
-                yield self._whole_cursor()
+                yield whole
                 return
             first = False
-            cur = self._cursor(True)
             if cur is not None:
                 yield cur
                 continue
-            line = self.readline()  # a line longer than the window, or the end
             if not line:
                 return
             yield (line,)
@@ -792,6 +818,63 @@ class EncryptedReadFile(AbstractBufferedFile):
                 self.__dict__.pop("readline", None)
             self._lines = b""
         super().close()
+
+
+class _Raising:
+    """A run of lines that raises ``exc`` once, then ends (see
+    EncryptedReadFile._line_runs)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc: BaseException | None = exc
+
+    def __iter__(self) -> _Raising:
+        return self
+
+    def __next__(self) -> bytes:
+        exc, self.exc = self.exc, None
+        if exc is None:
+            raise StopIteration
+        raise exc
+
+
+def _abandon(f: Any) -> None:
+    """Close ``f`` without committing it (a write file is discarded)."""
+    if isinstance(f, EncryptedWriteFile):
+        f.discard()
+    else:
+        f.close()
+
+
+def close_with(wrapper: Any, f: Any) -> Any:
+    """Make closing ``wrapper`` (a compression file over ``f``) close ``f``
+    too, as :func:`fsspec.open` does with its stack of files.
+
+    A write is committed only by an explicit close (or ``with``): when the
+    wrapper fails to close, or is closed by the garbage collector (io's
+    finalizer sets ``_finalizing`` first), ``f`` is discarded, as an encfs
+    write file nobody closed always is.  A wrapper that takes no attribute
+    (a C type) is returned as it is, as fsspec returns it."""
+    inner = wrapper.close
+
+    def close() -> None:
+        finalizing = getattr(wrapper, "_finalizing", False)
+        try:
+            inner()
+        except BaseException:
+            _abandon(f)
+            raise
+        if finalizing and isinstance(f, EncryptedWriteFile) and not f.closed:
+            warnings.warn(f"encfs file {f.path!r} was never closed; the write was discarded",
+                          ResourceWarning, stacklevel=2)
+            f.discard()
+        else:
+            f.close()
+
+    with contextlib.suppress(AttributeError, TypeError):
+        wrapper.close = close
+    return wrapper
 
 
 #: ``pipe_file`` values up to this size are sealed in one piece by

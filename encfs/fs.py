@@ -43,7 +43,9 @@ from .file import (
     EncryptedReadFile,
     EncryptedWriteFile,
     ObjectReader,
+    _abandon,
     authenticate_header,
+    close_with,
     read_header,
     read_whole,
     write_whole,
@@ -431,6 +433,34 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
 
     def sign(self, path: str, expiration: int = 100, **kwargs: Any) -> str:
         raise NotImplementedError("a signed URL would hand out ciphertext; read through encfs instead")
+
+    def open(self, path: str, mode: str = "rb", block_size: Any = None, cache_options: dict | None = None,
+             compression: str | None = None, **kwargs: Any):
+        """fsspec's ``open``, except that closing a compression wrapper
+        (``compression="gzip"``, ...) closes the encfs file under it.
+
+        fsspec's wrappers (GzipFile, BZ2File, ...) leave the file they were
+        given open, so a write through ``fs.open(p, "wb", compression=...)``
+        was never committed and was discarded when collected: the data was
+        lost without an error (``fsspec.open`` closes both itself).
+        """
+        if compression is None or "b" not in mode:
+            # Text mode comes back here for its binary file.
+            return super().open(path, mode, block_size=block_size, cache_options=cache_options,
+                                compression=compression, **kwargs)
+        from fsspec.compression import compr
+        from fsspec.core import get_compression
+
+        codec = get_compression(self._strip_protocol(path), compression)
+        f = super().open(path, mode, block_size=block_size, cache_options=cache_options, **kwargs)
+        if codec is None:
+            return f
+        try:
+            wrapper = compr[codec](f, mode=mode[0])
+        except BaseException:
+            _abandon(f)
+            raise
+        return close_with(wrapper, f)
 
     # -- reading -----------------------------------------------------------------
     def _open(self, path: str, mode: str = "rb", block_size: Any = None, autocommit: bool = True,
