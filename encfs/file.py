@@ -365,12 +365,18 @@ class ObjectReader:
                     if k == last:
                         keep = part
                 if a <= b:
+                    run = view[a * seg - start : min((b + 1) * seg, size) - start]
                     try:
-                        self._cipher.open_run_into(a, sealed[(a - i) * stride : (b - i + 1) * stride],
-                                                   view[a * seg - start : min((b + 1) * seg, size) - start], seg,
+                        self._cipher.open_run_into(a, sealed[(a - i) * stride : (b - i + 1) * stride], run, seg,
                                                    self.nseg - 1)
                     except SegmentAuthError:
+                        # AES-GCM wrote the failed segment's plaintext before
+                        # its tag failed, and the error's traceback keeps
+                        # this buffer reachable (a kept error, a debugger):
+                        # wiped, so nothing unauthenticated outlives the read.
+                        run[:] = bytes(len(run))
                         raise IntegrityError(self.path) from None
+                    del run
                     if b == self.nseg - 1:
                         self._final_ok = True
                 del sealed, blob

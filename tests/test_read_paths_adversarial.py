@@ -31,6 +31,7 @@ test_line_reading.py already cover is not repeated here.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import gzip
@@ -916,3 +917,64 @@ def test_no_key_or_plaintext_in_reprs_and_pickles(efs_local) -> None:
         keys.__dict__  # noqa: B018 - slots only: no instance dict to dump
     fresh = derive_object_keys(os.urandom(32), os.urandom(OBJECT_ID_BYTES), 1)
     assert isinstance(fresh, ObjectKeys) and repr(fresh) == "ObjectKeys(<keys hidden>)"
+
+
+# -- nothing unauthenticated left reachable ------------------------------------------
+
+def _reachable_buffers(exc: BaseException) -> Iterator[bytes]:
+    """The bytes every encfs frame of ``exc``'s tracebacks (and of its
+    context and cause) still holds: what a caller that keeps the error (a
+    log, Jupyter's last traceback, a debugger) can reach."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        todo += [e.__context__, e.__cause__]
+        tb = e.__traceback__
+        while tb is not None:
+            frame = tb.tb_frame
+            if f"{os.sep}encfs{os.sep}" in frame.f_code.co_filename:
+                for value in frame.f_locals.values():
+                    if isinstance(value, io.BytesIO) and not value.closed:
+                        yield value.getvalue()
+                    elif isinstance(value, (bytes, bytearray)):
+                        yield bytes(value)
+                    elif isinstance(value, memoryview):
+                        with contextlib.suppress(ValueError):  # released
+                            yield value.tobytes()
+            tb = tb.tb_next
+
+
+@pytest.mark.parametrize("size_name", ["big", "mid"])
+def test_a_failed_segment_leaves_no_plaintext_in_the_error(store: Store, size_name: str, monkeypatch) -> None:
+    """AES-GCM ``decrypt_into`` writes a segment's plaintext before its tag
+    fails: the in-place read's buffer then holds the damaged segment's
+    unauthenticated bytes, and the IntegrityError's traceback keeps that
+    frame alive.  Nothing of it may be reachable from the error."""
+    _apply(monkeypatch, "ranged" if size_name == "mid" else "default")
+    efs, path = store.efs, store.path("u.bin")
+    size = SIZES[size_name]
+    data = random.Random(12).randbytes(size)
+    efs.pipe_file(path, data)
+    ct = store.get(path)
+    d = (size // SEG) // 2
+    store.put(path, _flip(ct, HEADER_REGION + d * STRIDE + 9))
+    needle = data[d * SEG + 100 : d * SEG + 200]  # of the damaged segment, away from the flipped byte
+    reads: dict[str, Callable[[], Any]] = {
+        "reader.read": lambda: efs.reader(path).read(SEG + 5, size - SEG),
+        "cat_file(range)": lambda: efs.cat_file(path, start=(d - 3) * SEG + 1, end=(d + 4) * SEG),
+        "read()": lambda: efs.open(path, "rb").read(),
+        "read from a boundary": lambda: efs.open(path, "rb").read(),
+        "cat_file": lambda: efs.cat_file(path),
+        "lines": lambda: list(efs.open(path, "rb")),
+    }
+    leaks = []
+    for name, read in reads.items():
+        with pytest.raises(IntegrityError) as info:
+            read()
+        if any(needle in buf for buf in _reachable_buffers(info.value)):
+            leaks.append(name)
+    assert leaks == []
