@@ -978,3 +978,57 @@ def test_a_failed_segment_leaves_no_plaintext_in_the_error(store: Store, size_na
         if any(needle in buf for buf in _reachable_buffers(info.value)):
             leaks.append(name)
     assert leaks == []
+
+
+# -- local disk: a FIFO swapped in under an open reader ------------------------------
+
+def _finishes(call: Callable[[], Any], seconds: float = 10.0) -> tuple[bool, Any]:
+    """Run ``call`` in a thread: (finished in time, its result or error)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as exc:  # noqa: BLE001 - handed back
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    return (not t.is_alive()), (out[0] if out else None)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("size_name", ["big", "mid", "small"])
+def test_a_fifo_swapped_in_under_an_open_reader_never_blocks(efs_local, size_name: str, monkeypatch) -> None:
+    """Storage is attacker-controlled: a FIFO put in place of an object
+    after encfs checked the path (an open file, a reader, or between the
+    check and the open) must fail the read, not block it forever
+    (docs/SECURITY.md: nothing blocks on a FIFO)."""
+    from encfs.errors import NotRegularFileError
+
+    efs, tmp = efs_local
+    path = str(tmp / "f.bin")
+    data = random.Random(13).randbytes(SIZES[size_name])
+    efs.pipe_file(path, data)
+    f = efs.open(path, "rb")
+    assert f.read(10) == data[:10]
+    reader = efs.reader(path)
+    os.unlink(path)
+    os.mkfifo(path)
+    try:
+        monkeypatch.setattr(type(efs), "_check_regular", lambda self, p: None)  # the swap won the race
+        for name, call in [("read()", f.read), ("reader.read", lambda: reader.read(SEG, len(data))),
+                           ("open", lambda: efs.open(path, "rb")), ("cat_file", lambda: efs.cat_file(path)),
+                           ("cat_file(range)", lambda: efs.cat_file(path, start=5, end=len(data) - 5))]:
+            done, result = _finishes(call)
+            assert done, f"{name} blocked on a FIFO"
+            if size_name == "big" or name not in ("read()", "reader.read"):
+                assert isinstance(result, NotRegularFileError), (name, type(result))
+            else:  # an object the opening probe brought whole: held since open
+                assert result in (data[10:], data[SEG:]), name
+    finally:
+        # Release any reader still blocked in open() (a regression), then clean up.
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        f.close()
