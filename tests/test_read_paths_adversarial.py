@@ -1032,3 +1032,72 @@ def test_a_fifo_swapped_in_under_an_open_reader_never_blocks(efs_local, size_nam
         with contextlib.suppress(OSError):
             os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
         f.close()
+
+
+# -- edges, deterministic ----------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [0, 1, SMALL_WHOLE - 1, SMALL_WHOLE, SMALL_WHOLE + 1, 4 * SEG, 4 * SEG + 1])
+@pytest.mark.parametrize("mode", ["default", "ranged"])
+def test_objects_at_the_line_whole_edge(store: Store, size: int, mode: str, monkeypatch) -> None:
+    """Objects of 0, 1, LINE_WHOLE - 1, LINE_WHOLE and LINE_WHOLE + 1 bytes
+    (LINE_WHOLE made small) and of whole segments: lines, reads at segment
+    boundaries and at the end agree with io.BytesIO whichever line path
+    serves them."""
+    _apply(monkeypatch, mode)
+    monkeypatch.setattr(encfs.file, "LINE_WHOLE", SMALL_WHOLE)
+    monkeypatch.setattr(encfs.file, "LINE_WINDOW", 1500)
+    data = _lines(size, size)
+    path = store.path(f"edge-{size}.txt")
+    store.efs.pipe_file(path, data)
+    assert store.efs.cat_file(path) == data
+    for script in ("lines", "iterate", "mixed"):
+        oracle = io.BytesIO(data)
+        with store.efs.open(path, "rb") as f:
+            if script == "lines":
+                assert list(iter(f.readline, b"")) == list(iter(oracle.readline, b""))
+                assert f.readline() == b"" and f.read() == b"" and f.tell() == size
+            elif script == "iterate":
+                assert list(f) == list(oracle)
+                assert list(f) == [] and f.read(1) == b""
+            else:
+                for pos in (0, SEG, size - 1, size, size + 5, 2 * SEG, 1):
+                    pos = max(0, pos)
+                    assert f.seek(pos) == oracle.seek(pos)
+                    assert f.readline() == oracle.readline()
+                    assert f.read(SEG) == oracle.read(SEG)
+                    assert next(iter(f), None) == next(oracle, None)
+                    assert f.tell() == oracle.tell()
+
+
+def test_reads_spanning_cached_segments(store: Store, monkeypatch) -> None:
+    """A read whose range holds a segment the reader kept (the boundary
+    segment of an earlier read) takes it from the cache and fetches the runs
+    around it: exact bytes; damage in a fetched neighbour still fails; the
+    kept segment's own ciphertext no longer matters (its bytes were
+    authenticated when it was read)."""
+    monkeypatch.setattr(encfs.file, "FETCH_RUN", 3 * SEG)
+    efs, path = store.efs, store.path("cached.bin")
+    data = random.Random(14).randbytes(SIZES["big"])
+    efs.pipe_file(path, data)
+    reader = efs.reader(path)
+    k = 300
+    assert reader.read(k * SEG - 2 * SEG, k * SEG + 17) == data[k * SEG - 2 * SEG : k * SEG + 17]
+    assert k in reader._cache  # the last, partly read segment is kept
+    for a, b in [(k * SEG - 5 * SEG + 3, k * SEG + 6 * SEG - 1), (k * SEG, (k + 1) * SEG),
+                 (k * SEG + 5, (k + 9) * SEG), ((k - 7) * SEG, k * SEG + 1)]:
+        assert reader.read(a, b) == data[a:b]
+        assert k in reader._cache or reader.read(k * SEG, k * SEG + 17) == data[k * SEG : k * SEG + 17]
+    ct = store.get(path)
+    bad = _flip(ct, HEADER_REGION + k * STRIDE + 50)  # the kept segment itself
+    bad = _flip(bad, HEADER_REGION + (k + 1) * STRIDE + 50)  # and its fetched neighbour
+    store.put(path, bad)
+    fresh = efs.reader  # a reader opened now sees the damage in both
+    with pytest.raises(IntegrityError):
+        fresh(path).read(k * SEG + 1, k * SEG + 20)
+    assert reader.read(k * SEG + 1, k * SEG + 20) == data[k * SEG + 1 : k * SEG + 20]  # kept: authentic
+    with pytest.raises(IntegrityError):
+        reader.read(k * SEG - 3 * SEG, (k + 3) * SEG)
+    with pytest.raises(IntegrityError):
+        reader.read(k * SEG + 5, (k + 2) * SEG)
+    store.put(path, ct)
+    assert reader.read(k * SEG - 3 * SEG, (k + 3) * SEG) == data[k * SEG - 3 * SEG : (k + 3) * SEG]
