@@ -1101,3 +1101,101 @@ def test_reads_spanning_cached_segments(store: Store, monkeypatch) -> None:
         reader.read(k * SEG + 5, (k + 2) * SEG)
     store.put(path, ct)
     assert reader.read(k * SEG - 3 * SEG, (k + 3) * SEG) == data[k * SEG - 3 * SEG : (k + 3) * SEG]
+
+
+damage_edits = st.lists(
+    st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, 2**31), st.integers(0, 7)),
+        st.tuples(st.just("truncate"), st.integers(0, 2**31), st.just(0)),
+        st.tuples(st.just("extend"), st.integers(1, 2 * STRIDE), st.just(0)),
+        st.tuples(st.just("swap"), st.integers(0, 2**31), st.integers(0, 2**31)),
+    ),
+    min_size=1,
+    max_size=3,
+)
+
+
+def _apply_edits(ct: bytes, edits: list[tuple[str, int, int]]) -> bytes:
+    data = bytearray(ct)
+    for op, a, b in edits:
+        body = max(1, len(data) - HEADER_REGION)
+        if op == "flip" and len(data) > HEADER_REGION:
+            data[HEADER_REGION + a % body] ^= 1 << b  # the body: header damage is test_tamper's
+        elif op == "truncate":
+            del data[HEADER_REGION + a % body :]
+        elif op == "extend":
+            data += bytes(a)
+        else:
+            n = (len(data) - HEADER_REGION) // STRIDE
+            if n >= 2:
+                i, j = a % n, b % n
+                si = data[HEADER_REGION + i * STRIDE : HEADER_REGION + (i + 1) * STRIDE]
+                sj = data[HEADER_REGION + j * STRIDE : HEADER_REGION + (j + 1) * STRIDE]
+                data[HEADER_REGION + i * STRIDE : HEADER_REGION + (i + 1) * STRIDE] = sj
+                data[HEADER_REGION + j * STRIDE : HEADER_REGION + (j + 1) * STRIDE] = si
+    return bytes(data)
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(target=st.sampled_from(["memory", "local"]), mode=st.sampled_from(["whole", "windows", "ranged"]),
+       edits=damage_edits, ops=exact_ops, seed=st.integers(0, 2**16))
+def test_random_damage_under_random_interleavings(encfs_home, tmp_path, target, mode, edits, ops, seed) -> None:
+    """Random body damage, then random seek/read/readline/iteration/readinto:
+    every call returns exactly the original's bytes at the file's position
+    or raises IntegrityError, before and after other calls failed."""
+    data = _lines(seed, 12 * SEG + seed % SEG)
+    patches = {"LINE_WHOLE": 20 * SEG if mode != "windows" else 0, "FETCH_RUN": 3 * SEG, "LINE_WINDOW": 1500}
+    if mode == "ranged":
+        patches.update(SMALL_OBJECT=0, PROBE_BYTES=HEADER_REGION)
+    saved = {name: getattr(encfs.file, name) for name in patches}
+    try:
+        for name, value in patches.items():
+            setattr(encfs.file, name, value)
+        store = Store(target, encfs_home, tmp_path)
+        path = store.path(f"dmg-{seed}.txt")
+        store.efs.pipe_file(path, data)
+        store.put(path, _apply_edits(store.get(path), edits))
+        try:
+            f = store.efs.open(path, "rb")
+        except IntegrityError:
+            return
+        oracle = io.BytesIO(data)
+        with f:
+            it = None
+            for op, a, b in ops:
+                pos = f.tell()
+                assert pos <= len(data) or op == "seek"
+                oracle.seek(pos)
+                try:
+                    if op == "seek":
+                        where = {0: a, 1: pos + a - 4 * SEG, 2: len(data) - min(a, len(data))}[b]
+                        assert f.seek(max(0, where)) == max(0, where)
+                    elif op == "seek to boundary":
+                        f.seek(a * SEG)
+                    elif op == "read":
+                        assert f.read(a) == oracle.read(a)
+                    elif op in ("readline", "bound readline"):
+                        assert f.readline(a if op == "readline" else -1) == oracle.readline(a if op == "readline"
+                                                                                            else -1)
+                    elif op in ("iterate", "next kept"):
+                        if it is None or op == "iterate":
+                            it = iter(f)
+                        for _ in range(a if op == "iterate" else 1):
+                            line = next(it, None)
+                            assert line == next(oracle, None)
+                            if line is None:
+                                it = None
+                                break
+                    elif op == "readinto":
+                        buf = bytearray(a)
+                        n = f.readinto(buf)
+                        assert bytes(buf[:n]) == oracle.read(a)
+                    elif op == "cat range":
+                        got = store.efs.cat_file(path, start=a, end=a + b)
+                        assert got == data[a : a + b]
+                except IntegrityError:
+                    continue
+    finally:
+        for name, value in saved.items():
+            setattr(encfs.file, name, value)
