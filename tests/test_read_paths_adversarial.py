@@ -1199,3 +1199,15 @@ def test_random_damage_under_random_interleavings(encfs_home, tmp_path, target, 
     finally:
         for name, value in saved.items():
             setattr(encfs.file, name, value)
+
+
+@pytest.mark.parametrize("mode", ["default", "windows"])
+def test_damage_fails_every_read_path_through_overlapping_requests(encfs_home, tmp_path, prefetching, mode: str,
+                                                                   monkeypatch) -> None:
+    """The same matrix where reads go through the Readahead, as on S3
+    (conftest's ``prefetching``: several ranged requests in flight)."""
+    _apply(monkeypatch, mode)
+    store = Store("memory", encfs_home, tmp_path)
+    prefetching(store.efs)
+    problems = _damage_matrix(store, "mid", list(DAMAGE))
+    assert problems == []
