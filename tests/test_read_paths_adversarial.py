@@ -840,6 +840,10 @@ def test_a_failed_or_discarded_memory_write_stores_nothing(encfs_home) -> None:
         efs.pipe_file("/file", b"1")
         efs.pipe_file("/file/child", b"2")
     assert sorted(ok.store) == ["/file"]
+    ok.mkdir("/dir")
+    with pytest.raises(IsADirectoryError):  # a directory at the path (the direct store's own check)
+        efs.pipe_file("/dir", b"3")
+    assert sorted(ok.store) == ["/file"] and ok.isdir("/dir")
     f = efs.open("/c", "wb")
     f.write(b"q" * 100)
     f.discard()
