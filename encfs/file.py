@@ -375,6 +375,10 @@ class ObjectReader:
                         # this buffer reachable (a kept error, a debugger):
                         # wiped, so nothing unauthenticated outlives the read.
                         run[:] = bytes(len(run))
+                        # Let go of the buffer now: a slice kept alive by the
+                        # traceback holds an export of ``out``, whose close
+                        # at collection then fails ("Exception ignored").
+                        run.release()
                         raise IntegrityError(self.path) from None
                     del run
                     if b == self.nseg - 1:
@@ -865,18 +869,26 @@ def close_with(wrapper: Any, f: Any) -> Any:
     inner = wrapper.close
 
     def close() -> None:
-        finalizing = getattr(wrapper, "_finalizing", False)
+        if getattr(wrapper, "_finalizing", False):
+            # Collected, never closed: nothing is stored.  The write is
+            # discarded before the wrapper's own close writes its trailer
+            # into it, and that close's errors (a file the collector may
+            # have finalized first) are not reported as "Exception ignored".
+            if isinstance(f, EncryptedWriteFile) and not f.closed:
+                warnings.warn(f"encfs file {f.path!r} was never closed; the write was discarded",
+                              ResourceWarning, stacklevel=2)
+                f.discard()
+            with contextlib.suppress(Exception):
+                inner()
+            with contextlib.suppress(Exception):
+                f.close()
+            return
         try:
             inner()
         except BaseException:
             _abandon(f)
             raise
-        if finalizing and isinstance(f, EncryptedWriteFile) and not f.closed:
-            warnings.warn(f"encfs file {f.path!r} was never closed; the write was discarded",
-                          ResourceWarning, stacklevel=2)
-            f.discard()
-        else:
-            f.close()
+        f.close()
 
     with contextlib.suppress(AttributeError, TypeError):
         wrapper.close = close
