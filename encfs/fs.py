@@ -34,6 +34,7 @@ from .chaining import nested_target_options
 from .errors import (
     ConfigurationError,
     ContextMismatchError,
+    IntegrityError,
     NotRegularFileError,
     UnsafePathError,
 )
@@ -555,8 +556,11 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
         ct_size = int(self.fs.size(src))
         # The reader's header checks (file.authenticate_header): only an
         # authentic object of this path and context is re-bound.
-        header, keys, _size = authenticate_header(self, src, self.fs.cat_file(src, start=0, end=HEADER_REGION),
-                                                  ct_size)
+        # Through the target I/O layer, as the reader reads: on local disk it
+        # refuses a FIFO or device swapped in after the check instead of
+        # blocking on it (targets/local.py).
+        head = bytes(self.io.fetch(src, 0, min(HEADER_REGION, ct_size))) if ct_size else b""
+        header, keys, _size = authenticate_header(self, src, head, ct_size)
         new_context = {**header.context, PATH_KEY: self._bound_path(dst)}
         new_header = encode_header(segment_size=header.segment_size, object_id=header.object_id,
                                    context=new_context, keys=keys, wrapped_keys=header.wrapped_keys,
@@ -572,7 +576,13 @@ class EncryptedFileSystem(AsyncMethods, ChainedFileSystem):
                 pos = ct_size
             while pos < ct_size:
                 end = min(pos + COPY_CHUNK, ct_size)
-                sink.write(self.fs.cat_file(src, start=pos, end=end))
+                chunk = self.io.fetch(src, pos, end)
+                if len(chunk) != end - pos:
+                    # The source shrank under the copy: fail now, storing
+                    # nothing, rather than commit a copy that cannot read.
+                    raise IntegrityError(src)
+                sink.write(chunk)
+                del chunk
                 pos = end
             if self._intrans:
                 self.transaction.files.append(_PendingSink(sink))

@@ -14,6 +14,7 @@ import threading
 import pytest
 
 import encfs.file
+import encfs.fs
 from encfs.errors import IntegrityError
 from encfs.format import HEADER_REGION
 
@@ -131,3 +132,27 @@ def test_concurrent_reads_of_one_open_file(obj):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_copy_whose_source_shrinks_midway_fails_and_stores_nothing(obj, monkeypatch):
+    """cp re-binds the header and copies the body as ciphertext, in chunks:
+    a source cut short between two chunks fails the copy there, instead of
+    committing a copy that can never be read."""
+    efs, path = obj
+    monkeypatch.setattr(encfs.fs, "COPY_CHUNK", 256 * 1024)
+    real = type(efs.io).fetch
+    calls = []
+
+    def fetch(self, p, start=None, end=None):
+        calls.append(start)
+        if len(calls) == 3:  # the header, one body chunk, then the file is cut
+            with open(path, "r+b") as raw:
+                raw.truncate(os.path.getsize(path) // 2)
+        return real(self, p, start, end)
+
+    monkeypatch.setattr(type(efs.io), "fetch", fetch)
+    dst = path + ".copy"
+    with pytest.raises(IntegrityError):
+        efs.cp_file(path, dst)
+    assert not os.path.exists(dst)
+    assert [name for name in os.listdir(os.path.dirname(path)) if name != "big.bin"] == []
