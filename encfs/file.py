@@ -707,7 +707,10 @@ class EncryptedReadFile(AbstractBufferedFile):
     def _cursor(self, whole_lines: bool) -> io.BytesIO | None:
         """A window cursor at ``self.loc`` over the rest of its window (for
         ``whole_lines``, up to the window's last newline: None when the
-        window holds none).  None at the end of the object."""
+        window holds none).  None at the end of the object.  Once the file
+        has its whole cursor, that cursor (it owns the position)."""
+        if self._whole:
+            return self._cur
         loc = self.loc
         buf, i = self._line_window()
         if not buf:
@@ -788,7 +791,10 @@ class EncryptedReadFile(AbstractBufferedFile):
             try:
                 if self.closed:
                     raise ValueError("I/O operation on closed file")
-                if not first and self.size <= LINE_WHOLE:
+                if self._whole or (not first and self.size <= LINE_WHOLE):
+                    # (an iterator made before another call switched the file
+                    # to its whole cursor joins that cursor: never a window
+                    # cursor beside it)
                     whole = self._whole_cursor()
                 else:
                     cur = self._cursor(True)

@@ -138,3 +138,23 @@ def test_a_few_lines_of_a_large_object_decrypt_one_window(efs_mem, monkeypatch):
             if line.startswith(b"00000009"):
                 break
     assert sum(asked) <= encfs.file.LINE_WINDOW + 64 * 1024
+
+
+def test_an_iterator_made_before_the_switch_follows_the_whole_cursor(f):
+    """Found by hypothesis in CI: an iterator made before a readline
+    switched the file to its whole cursor put a window cursor beside it, and
+    the position went wrong (tell() 0 after a line).  It joins the cursor."""
+    oracle = io.BytesIO(DATA)
+    it, oit = iter(f), iter(oracle)
+    end = len(DATA) - 3
+    assert f.seek(end) == oracle.seek(end)
+    assert f.readline() == oracle.readline()  # to the end: past its first window
+    for _ in range(3):
+        assert f.seek(0) == oracle.seek(0)
+        assert next(it) == next(oit)
+        assert f.tell() == oracle.tell()
+        assert f.seek(0) == oracle.seek(0)
+        assert f.readline() == oracle.readline()
+        assert f.tell() == oracle.tell()
+        assert [next(it) for _ in range(3)] == [next(oit) for _ in range(3)]
+        assert f.tell() == oracle.tell()
