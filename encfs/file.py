@@ -358,7 +358,9 @@ class ObjectReader:
                 # Segments [a, b] lie wholly inside the range: in place.
                 a = i if i * seg >= start else i + 1
                 b = j if min((j + 1) * seg, size) <= end else j - 1
-                for k in {i, j} - set(range(a, b + 1)):
+                for k in {i, j}:
+                    if a <= k <= b:
+                        continue  # decrypted in place below
                     part = self._open_segment(k, sealed[(k - i) * stride : (k - i + 1) * stride])
                     lo_k, hi_k = max(k * seg, start), min(k * seg + len(part), end)
                     view[lo_k - start : hi_k - start] = memoryview(part)[lo_k - k * seg : hi_k - k * seg]

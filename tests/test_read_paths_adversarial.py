@@ -43,6 +43,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
@@ -467,10 +468,7 @@ def test_random_interleavings_agree_with_bytesio(encfs_home, tmp_path, target, s
         patches["LINE_WHOLE"] = 0
     if mode == "ranged":
         patches.update(SMALL_OBJECT=0, PROBE_BYTES=HEADER_REGION)
-    saved = {name: getattr(encfs.file, name) for name in patches}
-    try:
-        for name, value in patches.items():
-            setattr(encfs.file, name, value)
+    with mock.patch.multiple(encfs.file, **patches):
         store = Store(target, encfs_home, tmp_path)
         path = store.path(f"x-{seed}-{size}.txt")
         store.efs.pipe_file(path, data)
@@ -520,9 +518,6 @@ def test_random_interleavings_agree_with_bytesio(encfs_home, tmp_path, target, s
                     assert store.efs.cat_file(path, start=a, end=a + b) == data[a : a + b]
                 assert f.tell() == oracle.tell()
             assert f.read() == oracle.read()
-    finally:
-        for name, value in saved.items():
-            setattr(encfs.file, name, value)
 
 
 @pytest.mark.parametrize("run", [64 * 1024, 3 * 64 * 1024, encfs.file.FETCH_RUN])
@@ -1152,10 +1147,7 @@ def test_random_damage_under_random_interleavings(encfs_home, tmp_path, target, 
     patches = {"LINE_WHOLE": 20 * SEG if mode != "windows" else 0, "FETCH_RUN": 3 * SEG, "LINE_WINDOW": 1500}
     if mode == "ranged":
         patches.update(SMALL_OBJECT=0, PROBE_BYTES=HEADER_REGION)
-    saved = {name: getattr(encfs.file, name) for name in patches}
-    try:
-        for name, value in patches.items():
-            setattr(encfs.file, name, value)
+    with mock.patch.multiple(encfs.file, **patches):
         store = Store(target, encfs_home, tmp_path)
         path = store.path(f"dmg-{seed}.txt")
         store.efs.pipe_file(path, data)
@@ -1200,9 +1192,6 @@ def test_random_damage_under_random_interleavings(encfs_home, tmp_path, target, 
                         assert got == data[a : a + b]
                 except IntegrityError:
                     continue
-    finally:
-        for name, value in saved.items():
-            setattr(encfs.file, name, value)
 
 
 @pytest.mark.parametrize("mode", ["default", "windows"])

@@ -109,15 +109,10 @@ def test_closing_a_reader_cancels_prefetch(efs):
     assert not stream._queue
 
 
-@pytest.mark.parametrize("how", ["cat_ranges one object", "cat_ranges two objects", "cat_file"])
-def test_nothing_is_left_in_flight_after_a_call_returns(efs, monkeypatch, how):
-    """Consecutive ranges read like a sequential reader, whose readahead
-    queues requests for a next read that never comes: cat_ranges and
-    cat_file close their readers, which cancels them."""
-    data = os.urandom(50 * SEG)
-    efs.pipe_file("/q.bin", data)
-    efs.pipe_file("/q2.bin", data)
-    streams = []
+@pytest.fixture
+def reader_streams(monkeypatch) -> list:
+    """The Readahead of every ObjectReader made from here on, in order."""
+    streams: list = []
     real_init = encfs.file.ObjectReader.__init__
 
     def spy(self, *args, **kwargs):
@@ -125,6 +120,18 @@ def test_nothing_is_left_in_flight_after_a_call_returns(efs, monkeypatch, how):
         streams.append(self._stream)
 
     monkeypatch.setattr(encfs.file.ObjectReader, "__init__", spy)
+    return streams
+
+
+@pytest.mark.parametrize("how", ["cat_ranges one object", "cat_ranges two objects", "cat_file"])
+def test_nothing_is_left_in_flight_after_a_call_returns(efs, reader_streams, how):
+    """Consecutive ranges read like a sequential reader, whose readahead
+    queues requests for a next read that never comes: cat_ranges and
+    cat_file close their readers, which cancels them."""
+    data = os.urandom(50 * SEG)
+    efs.pipe_file("/q.bin", data)
+    efs.pipe_file("/q2.bin", data)
+    streams = reader_streams
     cuts = [0, 3 * SEG, 6 * SEG, 9 * SEG, 12 * SEG]
     starts, ends = cuts[:-1], cuts[1:]
     if how == "cat_file":
@@ -137,7 +144,7 @@ def test_nothing_is_left_in_flight_after_a_call_returns(efs, monkeypatch, how):
     assert all(not s._queue for s in streams), "requests were left in flight"
 
 
-def test_a_failed_whole_object_cat_file_leaves_nothing_in_flight(efs, monkeypatch):
+def test_a_failed_whole_object_cat_file_leaves_nothing_in_flight(efs, reader_streams):
     """cat_file without a range of an object larger than the probe goes to a
     reader (file.read_whole): a damaged segment fails the read while the
     readahead has requests queued past it; they are cancelled."""
@@ -146,14 +153,7 @@ def test_a_failed_whole_object_cat_file_leaves_nothing_in_flight(efs, monkeypatc
     raw = bytearray(efs.fs.cat_file("/w.bin"))
     raw[HEADER_REGION + 8 * STRIDE + 5] ^= 1
     efs.fs.pipe_file("/w.bin", bytes(raw))
-    streams = []
-    real_init = encfs.file.ObjectReader.__init__
-
-    def spy(self, *args, **kwargs):
-        real_init(self, *args, **kwargs)
-        streams.append(self._stream)
-
-    monkeypatch.setattr(encfs.file.ObjectReader, "__init__", spy)
+    streams = reader_streams
     with pytest.raises(IntegrityError):
         efs.cat_file("/w.bin")
     assert len(streams) == 1 and streams[0] is not None
