@@ -10,10 +10,12 @@ exactly the oracle's: Python slicing of the plaintext.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -206,26 +208,17 @@ line_ops = st.lists(
 )
 
 
-class _LineWindows:
+def _line_windows(mode: str) -> Any:
     """How line reading is cut: "default"; "switch": small first windows,
     then the whole rest in one buffer (encfs.file.LINE_WHOLE) as objects
     read on past their first window are; "windows": small windows only (as
     objects above LINE_WHOLE), with local reads fetched in small runs."""
-
-    NAMES = ("LINE_WHOLE", "LINE_WINDOW", "FETCH_RUN")
-
-    def __init__(self, mode: str) -> None:
-        self.mode, self.saved = mode, {n: getattr(encfs.file, n) for n in self.NAMES}
-
-    def __enter__(self) -> None:
-        if self.mode != "default":
-            encfs.file.LINE_WINDOW = 700
-        if self.mode == "windows":
-            encfs.file.LINE_WHOLE, encfs.file.FETCH_RUN = 0, 2048
-
-    def __exit__(self, *exc: object) -> None:
-        for name, value in self.saved.items():
-            setattr(encfs.file, name, value)
+    patches: dict[str, int] = {}
+    if mode != "default":
+        patches["LINE_WINDOW"] = 700
+    if mode == "windows":
+        patches.update(LINE_WHOLE=0, FETCH_RUN=2048)
+    return mock.patch.multiple(encfs.file, **patches) if patches else contextlib.nullcontext()
 
 
 @SETTINGS
@@ -242,7 +235,7 @@ def test_random_line_reads(memfs, encfs_home, prefetching, lines, tail, ops, ran
     if tail:
         data += b"no newline at the end"
     efs = _efs(memfs, encfs_home, 1024, ranged, prefetching)
-    with _Ranged(bool(ranged)), _LineWindows(windows):
+    with _Ranged(bool(ranged)), _line_windows(windows):
         efs.pipe_file("/h/lines.txt", data)
         oracle = io.BytesIO(data)
         with efs.open("/h/lines.txt", "rb") as f:
